@@ -1,0 +1,164 @@
+"""Configuration: the Config dataclass, its defaults, and the DISTWAL_* variables.
+
+Precedence: an explicit init() argument, then the environment, then the default.
+Every bad value raises ConfigError with one line that names it and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ._exceptions import ConfigError
+from .launch._env import is_multi_node, run_id_from_env
+
+ENV_DIR = "DISTWAL_DIR"
+ENV_SINK = "DISTWAL_SINK"
+ENV_DURABILITY = "DISTWAL_DURABILITY"
+ENV_DISABLE_SENDER = "DISTWAL_DISABLE_SENDER"
+ENV_RUN_ID = "DISTWAL_RUN_ID"
+ENV_TOKEN = "DISTWAL_TOKEN"  # read by HTTP sinks at use time; never stored in a Config
+ENV_LEASE_S = "DISTWAL_LEASE_S"
+ENV_EXIT_TIMEOUT = "DISTWAL_EXIT_TIMEOUT"
+ENV_MAX_PENDING_BYTES = "DISTWAL_MAX_PENDING_BYTES"
+ENV_ON_FULL = "DISTWAL_ON_FULL"
+ENV_SHARED_GROUP = "DISTWAL_SHARED_GROUP"
+
+DEFAULT_DIR = ".distwal"
+DEFAULT_DURABILITY = "interval"
+DEFAULT_INTERVAL = 0.02  # seconds between group commits
+DEFAULT_LEASE_S = 15.0  # seconds
+DEFAULT_EXIT_TIMEOUT = 5.0  # seconds
+DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds
+DEFAULT_MAX_BUFFER_BYTES = 64 << 20
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_ON_FULL = "block"
+
+DURABILITY_MODES = ("sync", "interval", "none")
+ON_FULL_POLICIES = ("block", "drop", "raise")
+SINK_SCHEMES = ("http", "https", "sqlite", "jsonl")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a writer needs to know. Built by Config.load(); immutable afterwards."""
+
+    dir: str
+    sink: str
+    run_id: str
+    durability: str = DEFAULT_DURABILITY
+    interval: float = DEFAULT_INTERVAL
+    on_full: str = DEFAULT_ON_FULL
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_pending_bytes: int | None = None
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    lease_s: float = DEFAULT_LEASE_S
+    exit_timeout: float = DEFAULT_EXIT_TIMEOUT
+    disable_sender: bool = False
+    shared_group: bool = False
+
+    @classmethod
+    def load(
+        cls,
+        dir: str | os.PathLike[str] | None = None,
+        sink: str | None = None,
+        durability: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Config:
+        """Resolve arguments, then the environment, then defaults, and validate the result."""
+        env = os.environ if env is None else env
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dir", "sink", "durability"}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown init() option {unknown[0]!r}: valid options are {', '.join(sorted(fields))}"
+            )
+
+        if dir is None:
+            dir = env.get(ENV_DIR) or None
+        if dir is None:
+            if is_multi_node(env):
+                raise ConfigError(
+                    "a multi-node job needs a shared directory: set DISTWAL_DIR to a path "
+                    "every node sees (for example on NFS)"
+                )
+            dir = DEFAULT_DIR
+        abs_dir = os.path.abspath(os.fspath(dir))
+        sink = sink or env.get(ENV_SINK) or f"sqlite:///{os.path.join(abs_dir, 'collected.db')}"
+
+        values: dict[str, Any] = {
+            "durability": durability or env.get(ENV_DURABILITY) or DEFAULT_DURABILITY,
+            "on_full": env.get(ENV_ON_FULL) or DEFAULT_ON_FULL,
+            "lease_s": _number(env, ENV_LEASE_S, float, DEFAULT_LEASE_S),
+            "exit_timeout": _number(env, ENV_EXIT_TIMEOUT, float, DEFAULT_EXIT_TIMEOUT),
+            "max_pending_bytes": _number(env, ENV_MAX_PENDING_BYTES, int, None),
+            "disable_sender": env.get(ENV_DISABLE_SENDER, "") in ("1", "true", "yes"),
+            "shared_group": env.get(ENV_SHARED_GROUP, "") in ("1", "true", "yes"),
+            "run_id": run_id_from_env(env),
+        }
+        values.update(options)
+        config = cls(dir=abs_dir, sink=sink, **values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise ConfigError(
+                f"durability {self.durability!r} is not one of {', '.join(DURABILITY_MODES)}: "
+                f"fix {ENV_DURABILITY} or the durability argument"
+            )
+        if self.on_full not in ON_FULL_POLICIES:
+            raise ConfigError(
+                f"on_full {self.on_full!r} is not one of {', '.join(ON_FULL_POLICIES)}: fix {ENV_ON_FULL}"
+            )
+        scheme = self.sink.split("://", 1)[0].lower() if "://" in self.sink else ""
+        if scheme not in SINK_SCHEMES:
+            raise ConfigError(
+                f"sink {_redact(self.sink)!r} is not a URL distwal can send to: use http(s)://..., "
+                "sqlite:///path/to.db or jsonl:///path/to/file.jsonl"
+            )
+        for name in ("interval", "heartbeat_interval", "lease_s", "exit_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
+        for name in ("max_buffer_bytes", "max_record_bytes", "segment_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive number of bytes, got {getattr(self, name)!r}")
+        if self.max_pending_bytes is not None and self.max_pending_bytes <= 0:
+            raise ConfigError(f"{ENV_MAX_PENDING_BYTES} must be positive, got {self.max_pending_bytes!r}")
+        if self.max_record_bytes > self.max_buffer_bytes:
+            raise ConfigError(
+                f"max_record_bytes ({self.max_record_bytes}) exceeds max_buffer_bytes "
+                f"({self.max_buffer_bytes}): a record could never fit; lower it or raise the buffer"
+            )
+
+    def export(self, environ: dict[str, str] | os._Environ[str] | None = None) -> None:
+        """Publish the directory, sink and run id so child processes join the same job."""
+        environ = os.environ if environ is None else environ
+        environ[ENV_DIR] = self.dir
+        environ[ENV_SINK] = self.sink
+        environ[ENV_RUN_ID] = self.run_id
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a {kind.__name__}: set it to a number or unset it") from None
+    return value
+
+
+def _redact(url: str) -> str:
+    """A URL fit for a message: user info (which may hold a secret) removed."""
+    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,295 @@
+"""The directory layout, writer identity, and the careful file operations on it.
+
+    <dir>/domain.json                     random id of this directory, fixed at creation
+    <dir>/writers/<writer-id>/meta.json   who wrote this folder (host, pid, rank, run, ...)
+    <dir>/writers/<writer-id>/heartbeat.json   renewed by the writer; carries its durable watermark
+    <dir>/writers/<writer-id>/finish.json      the finish mark: last seq and where it ends
+    <dir>/writers/<writer-id>/00000000.wal     segments, in order
+
+Every name has a format_/parse_ pair. Everything inside the directory is opened relative
+to a directory descriptor with O_NOFOLLOW, so a symlink planted there is never followed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ._exceptions import ConfigError, LayoutError
+
+WRITERS = "writers"
+DOMAIN = "domain.json"
+META = "meta.json"
+HEARTBEAT = "heartbeat.json"
+FINISH = "finish.json"
+SEGMENT_SUFFIX = ".wal"
+MAX_SMALL_FILE = 1 << 16  # bytes: metadata, heartbeat and marks are tiny
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SEGMENT_RE = re.compile(r"^([0-9a-f]{8})\.wal$")
+_WRITER_ID_RE = re.compile(r"^[A-Za-z0-9._]{1,64}-[0-9a-f]{8}-\d+-\d+-\d+-[0-9a-f]{8}$")
+
+
+@dataclass(frozen=True)
+class Modes:
+    """Permission bits for what distwal creates: private by default, or shared with the group."""
+
+    file: int
+    dir: int
+
+    @classmethod
+    def for_config(cls, shared_group: bool) -> Modes:
+        # setgid on directories keeps the group of everything created below them.
+        return cls(file=0o660, dir=0o2770) if shared_group else cls(file=0o600, dir=0o700)
+
+
+# -- names ---------------------------------------------------------------------------
+
+
+def format_segment_name(index: int) -> str:
+    return f"{index:08x}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    match = _SEGMENT_RE.match(name)
+    return int(match.group(1), 16) if match else None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What makes a process unique across hosts, containers, pid reuse and restarts."""
+
+    host: str
+    boot_id: str
+    pid_ns: int
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of_this_process(cls) -> Identity:
+        import psutil  # only here: keep it off import time of the package
+
+        pid = os.getpid()
+        return cls(
+            host=socket.gethostname(),
+            boot_id=_read_boot_id(),
+            pid_ns=_read_pid_ns(),
+            pid=pid,
+            create_time=psutil.Process(pid).create_time(),
+        )
+
+
+def format_writer_id(identity: Identity, suffix: str | None = None) -> str:
+    """host-boot-pidns-pid-starttime-random: never a bare pid, never a rank."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", identity.host)[:64] or "_"
+    suffix = suffix or secrets.token_hex(4)
+    start_ms = int(identity.create_time * 1000)
+    return f"{host}-{identity.boot_id[:8]}-{identity.pid_ns}-{identity.pid}-{start_ms}-{suffix}"
+
+
+def is_writer_id(name: str) -> bool:
+    return bool(_WRITER_ID_RE.match(name))
+
+
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip().replace("-", "") or "0" * 8
+    except OSError:
+        return "0" * 8
+
+
+def _read_pid_ns() -> int:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+        return int(link.split("[", 1)[1].rstrip("]"))
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+# -- the directory -------------------------------------------------------------------
+
+
+def prepare_dir(path: str, modes: Modes) -> None:
+    """Create the run directory if needed and refuse one that is unsafe or unwritable."""
+    try:
+        os.makedirs(path, mode=modes.dir, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create directory {path}: {exc.strerror}; create it yourself or set DISTWAL_DIR "
+            "to a writable path"
+        ) from None
+    check_dir(path)
+    writers = os.path.join(path, WRITERS)
+    try:
+        os.mkdir(writers, modes.dir)
+        os.chmod(writers, modes.dir)
+        fsync_path(path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot create {writers}: {exc.strerror}; fix the permissions of {path}") from None
+    if not stat.S_ISDIR(os.lstat(writers).st_mode):
+        raise ConfigError(f"{writers} is not a directory (a symlink or file was planted there): remove it")
+
+
+def check_dir(path: str) -> None:
+    """Raise ConfigError unless `path` is a directory this process may use safely."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot use directory {path}: {exc.strerror}; set DISTWAL_DIR to a usable path") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path} is not a directory: set DISTWAL_DIR to a directory")
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"directory {path} is world-writable without the sticky bit, so any user could replace "
+            f"its files: run `chmod o-w {path}` (or `chmod +t`), or use another directory"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"directory {path} is not writable by this user: fix its permissions or set DISTWAL_DIR "
+            "to a writable path"
+        )
+
+
+def open_dir(path: str, dir_fd: int | None = None) -> int:
+    """A descriptor of the directory `path`; a symlink in its last component is refused."""
+    return os.open(path, _O_DIR, dir_fd=dir_fd)
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_subdir(parent_fd: int, name: str, modes: Modes) -> int:
+    """Create directory `name` under parent_fd, make it durable, and return its descriptor."""
+    os.mkdir(name, modes.dir, dir_fd=parent_fd)
+    fd = open_dir(name, dir_fd=parent_fd)
+    os.fchmod(fd, modes.dir)  # exact bits whatever the umask
+    os.fsync(parent_fd)
+    return fd
+
+
+def create_file(dir_fd: int, name: str, modes: Modes, flags: int = os.O_WRONLY) -> int:
+    """Create `name` exclusively (never through a symlink) with exact permission bits."""
+    fd = os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, modes.file, dir_fd=dir_fd)
+    os.fchmod(fd, modes.file)
+    return fd
+
+
+def write_atomic(dir_fd: int, name: str, data: bytes, modes: Modes, durable: bool = True) -> None:
+    """Replace `name` with `data` so a reader sees the old or the new file, never a mix.
+
+    durable=True: fsync the file, rename, fsync the directory (the order that survives a
+    machine crash). durable=False is for heartbeats, which are never fsynced.
+    """
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = create_file(dir_fd, tmp, modes)
+    try:
+        write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _unlink_quietly(dir_fd, tmp)
+        raise
+    if durable:
+        os.fsync(dir_fd)
+
+
+def read_json(dir_fd: int, name: str) -> Any:
+    """Parse a small JSON file without following symlinks; None when it does not exist."""
+    fd = open_regular(dir_fd, name)
+    if fd is None:
+        return None
+    try:
+        data = os.read(fd, MAX_SMALL_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SMALL_FILE:
+        raise LayoutError(f"{name} is larger than {MAX_SMALL_FILE} bytes: not a distwal file")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise LayoutError(f"{name} is not valid JSON") from None
+
+
+def open_regular(dir_fd: int, name: str) -> int | None:
+    """Open `name` for reading if it is a regular file; None if missing, a link, a fifo, ...
+
+    O_NONBLOCK keeps a planted fifo from hanging the open; O_NOFOLLOW refuses a symlink.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EACCES):
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def ensure_domain(path: str, modes: Modes) -> str:
+    """The directory's random domain id, created once: the first process to link it wins."""
+    fd = open_dir(path)
+    try:
+        existing = read_json(fd, DOMAIN)
+        if existing is None:
+            tmp = f".{DOMAIN}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            tfd = create_file(fd, tmp, modes)
+            try:
+                body = {"domain": secrets.token_hex(16), "created": time.time(), "version": 1}
+                write_all(tfd, orjson.dumps(body))
+                os.fsync(tfd)
+            finally:
+                os.close(tfd)
+            try:
+                # link() fails if the name exists, so exactly one creator wins, also on NFS.
+                os.link(tmp, DOMAIN, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+                os.fsync(fd)
+            except FileExistsError:
+                pass
+            finally:
+                _unlink_quietly(fd, tmp)
+            existing = read_json(fd, DOMAIN)
+        if not isinstance(existing, dict) or not isinstance(existing.get("domain"), str):
+            raise LayoutError(f"{os.path.join(path, DOMAIN)} is damaged: move it away to start a new domain")
+        return str(existing["domain"])
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+

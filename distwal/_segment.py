@@ -1,0 +1,168 @@
+"""Segment files: SegmentWriter appends blocks and rotates; read_segment iterates them back.
+
+A reader never crashes, stalls or invents a record on damage: it yields the valid blocks
+and a Damage for every span it cannot read, then resumes at the next valid block. Whether
+a damaged tail is "not yet written" (a live writer, above its durable watermark), "torn"
+(a dead writer) or corruption is for the caller to decide; see Damage.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+from . import _layout
+from ._layout import Modes
+from ._record import HEADER_SIZE, MAGIC, decode_body, encode_header, parse_header
+
+_RESYNC_CHUNK = 1 << 20  # bytes read at a time while looking for the next valid block
+
+
+class SegmentWriter:
+    """Appends blocks to <writer dir>/NNNNNNNN.wal files, one writer process per folder.
+
+    Not thread-safe: the writer's flusher thread is its only user. On a failed write the
+    segment is cut back to its last whole block, so a full disk never leaves a torn block
+    in front of later ones.
+    """
+
+    def __init__(self, dir_fd: int, modes: Modes, segment_bytes: int, index: int = 0) -> None:
+        self._dir_fd = dir_fd
+        self._modes = modes
+        self._segment_bytes = segment_bytes
+        self.index = index
+        self.offset = 0
+        self._fd = -1
+
+    def append(self, parts: list[bytes | memoryview]) -> None:
+        """Write one block (header, timestamps, payload) at the end of the current segment."""
+        if self._fd < 0 or self.offset >= self._segment_bytes:
+            self._next_segment()
+        start = self.offset
+        size = sum(len(p) for p in parts)
+        try:
+            written = os.writev(self._fd, parts)
+            while written < size:  # short write: rare, but legal
+                rest = b"".join(bytes(p) for p in parts)[written:]
+                written += os.write(self._fd, rest)
+        except OSError:
+            self._cut_back(start)
+            raise
+        self.offset = start + size
+
+    def sync(self) -> None:
+        if self._fd >= 0:
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _next_segment(self) -> None:
+        if self._fd >= 0:
+            os.fdatasync(self._fd)  # a sealed segment is complete on disk before the next begins
+            os.close(self._fd)
+            self._fd = -1
+            self.index += 1
+        name = _layout.format_segment_name(self.index)
+        self._fd = _layout.create_file(self._dir_fd, name, self._modes, os.O_WRONLY | os.O_APPEND)
+        os.fsync(self._dir_fd)  # the segment's name is durable before anything in it counts
+        self.offset = 0
+
+    def _cut_back(self, offset: int) -> None:
+        try:
+            os.ftruncate(self._fd, offset)
+        except OSError:
+            pass  # the reader stops at the torn tail; the next append retries the cut
+
+
+@dataclass(frozen=True)
+class Block:
+    """Records read back from one block: seq first_seq + i was logged at ts[i] as lines[i]."""
+
+    segment: int
+    offset: int
+    end: int
+    first_seq: int
+    ts: array
+    lines: list[bytes]
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.lines) - 1
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Bytes [start, end) of a segment that hold no valid block.
+
+    at_tail: nothing valid follows in this segment. For a live writer such a tail above
+    its durable watermark is simply not written yet; for a dead one it is a torn write.
+    Anything else is corruption.
+    """
+
+    segment: int
+    start: int
+    end: int
+    at_tail: bool
+
+
+Item = Union[Block, Damage]
+
+
+def read_segment(fd: int, segment: int = 0, offset: int = 0) -> Iterator[Item]:
+    """Iterate the blocks and damaged spans of one open segment from `offset` to its end."""
+    size = os.fstat(fd).st_size
+    pos = offset
+    while pos < size:
+        block = _read_block(fd, segment, pos, size)
+        if block is not None:
+            yield block
+            pos = block.end
+            continue
+        resume = _find_next_block(fd, pos + 1, size)
+        yield Damage(segment, pos, resume if resume is not None else size, at_tail=resume is None)
+        if resume is None:
+            return
+        pos = resume
+
+
+def _read_block(fd: int, segment: int, pos: int, size: int) -> Block | None:
+    header = parse_header(os.pread(fd, HEADER_SIZE, pos))
+    if header is None or pos + HEADER_SIZE + header.body_len > size:
+        return None
+    decoded = decode_body(header, os.pread(fd, header.body_len, pos + HEADER_SIZE))
+    if decoded is None:
+        return None
+    ts, lines = decoded
+    return Block(segment, pos, pos + HEADER_SIZE + header.body_len, header.first_seq, ts, lines)
+
+
+def _find_next_block(fd: int, pos: int, size: int) -> int | None:
+    while pos < size:
+        chunk = os.pread(fd, _RESYNC_CHUNK + HEADER_SIZE, pos)
+        at = chunk.find(MAGIC)
+        while at != -1 and at < _RESYNC_CHUNK:
+            if _read_block(fd, 0, pos + at, size) is not None:
+                return pos + at
+            at = chunk.find(MAGIC, at + 1)
+        pos += _RESYNC_CHUNK
+    return None
+
+
+def list_segments(dir_fd: int) -> list[tuple[int, str]]:
+    """(index, name) of every segment in a writer folder, in order; other names are ignored."""
+    found = []
+    for name in os.listdir(dir_fd):
+        index = _layout.parse_segment_name(name)
+        if index is not None:
+            found.append((index, name))
+    return sorted(found)
+
+
+def open_segment(dir_fd: int, name: str) -> int | None:
+    """Open a segment for reading; None if it vanished or is not a regular file (a planted link)."""
+    return _layout.open_regular(dir_fd, name)

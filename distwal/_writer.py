@@ -1,0 +1,482 @@
+"""Writer: one process's durable log. log() buffers; a flusher thread group-commits.
+
+The caller's cost is orjson plus a few appends under a lock: the payload is copied into
+a bytearray (keeping each orjson bytes object alive costs more than the serialization)
+and its timestamp into an array. The flusher swaps the buffer out, cuts it into blocks,
+writes them, and fdatasyncs once per group commit, and only when something is new.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from . import _layout
+from ._config import Config
+from ._exceptions import ClosedError, FullError
+from ._layout import Identity, Modes
+from ._record import BLOCK_BYTES, encode_header, timestamps_bytes
+from ._segment import SegmentWriter
+from .launch._env import rank_from_env
+
+logger = logging.getLogger("distwal")
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE  # the newline is our delimiter
+_ERROR_BACKOFF = 0.5  # seconds between retries after a failed write (disk full, EIO)
+_SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
+
+
+def _default(obj: Any) -> Any:
+    # Called by orjson only for types it does not know, so it costs nothing on the hot path.
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+class Writer:
+    """A process's log in the shared directory. Create it with distwal.init().
+
+        w = distwal.init(dir="/shared/run1")
+        seq = w.log({"step": 1, "loss": 0.25})   # 1, 2, 3, ... contiguous per writer
+        w.flush()                                # everything logged so far is on disk
+        w.finish()                               # durable, finish mark, no more records
+
+    Thread-safe. log() raises TypeError for a record orjson cannot serialize, ValueError for
+    one larger than max_record_bytes, ClosedError after finish(), FullError when the buffer
+    is full and on_full is "raise"; none of these writes anything or uses a seq.
+    """
+
+    def __init__(self, config: Config, domain: str) -> None:
+        self.config = config
+        self.domain = domain
+        self._modes = Modes.for_config(config.shared_group)
+        self._fdatasync = config.durability != "none"
+        self._max_record = config.max_record_bytes
+        self._reset()
+        self._open()
+
+    # -- state ------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        """Fresh in-memory state: used at creation and in a forked child."""
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)  # the buffer has room again
+        self._progress = threading.Condition()  # durable_seq moved
+        self._wake = threading.Event()
+        self._buf = bytearray()  # the block being filled: payload lines ...
+        self._ts = array("d")  # ... and their timestamps
+        self._seq = 0  # last seq handed out
+        self._sealed: list[tuple[int, array, bytearray]] = []  # full blocks for the flusher
+        self._unwritten: collections.deque[tuple[int, int, list[Any]]] = collections.deque()
+        self._held_bytes = 0  # sealed or unwritten: in memory, not yet on disk
+        self._room = BLOCK_BYTES  # how large _buf may grow before log() takes the slow path
+        self._written_seq = 0
+        self._durable_seq = 0
+        self._durable_at = (0, 0)  # (segment, offset) just past the last durable block
+        self._dropped = 0
+        self._closed = False
+        self._bind_log()
+        self._stopping = False
+        self._last_error: str | None = None
+        self._heartbeats = 0
+        self._thread: threading.Thread | None = None
+        self._dir_fd = -1
+        self._segments: SegmentWriter | None = None
+
+    def _open(self) -> None:
+        """Claim a new identity and folder, write the metadata, start the flusher."""
+        self.identity = Identity.of_this_process()
+        self.id = _layout.format_writer_id(self.identity)
+        self._pid = self.identity.pid
+        writers_fd = _layout.open_dir(os.path.join(self.config.dir, _layout.WRITERS))
+        try:
+            self._dir_fd = _layout.make_subdir(writers_fd, self.id, self._modes)
+        finally:
+            os.close(writers_fd)
+        rank = rank_from_env()
+        self.meta = {
+            "version": 1,
+            "writer": self.id,
+            "host": self.identity.host,
+            "boot_id": self.identity.boot_id,
+            "pid_ns": self.identity.pid_ns,
+            "pid": self.identity.pid,
+            "create_time": self.identity.create_time,
+            "rank": rank.rank,
+            "local_rank": rank.local_rank,
+            "world_size": rank.world_size,
+            "group_rank": rank.group_rank,
+            "attempt": rank.attempt,
+            "run": self.config.run_id,
+            "domain": self.domain,
+            "durability": self.config.durability,
+            "started": time.time(),
+        }
+        _layout.write_atomic(self._dir_fd, _layout.META, orjson.dumps(self.meta), self._modes)
+        self._segments = SegmentWriter(self._dir_fd, self._modes, self.config.segment_bytes)
+        self._write_heartbeat("live")
+        self._thread = threading.Thread(target=self._run, name="distwal-flusher", daemon=True)
+        self._thread.start()
+        _hooks.attach(self)
+
+    # -- the caller's side --------------------------------------------------------------
+
+    def log(self, record: Mapping[str, Any], _dumps: Any = orjson.dumps, _now: Any = time.time) -> int:
+        """Append `record`; return its seq (0 if dropped under on_full="drop")."""
+        data = _dumps(record, _default, _OPTS)
+        if len(data) > self._max_record or data[0] != 0x7B:  # 0x7B: "{"
+            self._refuse(data)
+        lock = self._lock
+        lock.acquire()
+        try:
+            buf = self._buf
+            # One test covers a full block, a full buffer and a closed writer (_room is -1).
+            if len(buf) + len(data) > self._room:
+                if not self._make_room(len(data)):
+                    return 0
+                buf = self._buf
+            buf += data
+            self._ts.append(_now())
+            self._seq = seq = self._seq + 1
+        finally:
+            lock.release()
+        return seq
+
+    def _log_sync(self, record: Mapping[str, Any]) -> int:
+        """log() in sync mode: return once the record is on stable storage."""
+        seq = Writer.log(self, record)
+        if seq:
+            self._wait_durable(seq, None)
+        return seq
+
+    def _bind_log(self) -> None:
+        self.__dict__.pop("log", None)
+        if self.config.durability == "sync":
+            self.log = self._log_sync  # type: ignore[method-assign]
+
+    def _refuse(self, data: bytes) -> None:
+        if data[:1] != b"{":
+            raise TypeError(f"a record must be a mapping (a JSON object), got {data[:40]!r}")
+        raise ValueError(
+            f"record of {len(data)} bytes exceeds max_record_bytes={self._max_record}: "
+            "log smaller records or raise the limit in distwal.init()"
+        )
+
+    def _make_room(self, size: int) -> bool:
+        """With the lock held: seal the full block, or apply on_full. False: drop the record."""
+        limit = self.config.max_buffer_bytes
+        while len(self._buf) + size > self._room:
+            if self._closed:
+                raise ClosedError("log() after finish(): call distwal.init() to start a new writer")
+            if self._held_bytes + len(self._buf) + size <= limit:
+                if not self._buf:
+                    return True  # a record larger than a block is a block of its own
+                self._seal()
+                self._wake.set()
+                continue
+            if self.config.on_full == "drop":
+                self._dropped += 1
+                return False
+            if self.config.on_full == "raise":
+                raise FullError(
+                    f"distwal buffer full ({limit} bytes not yet written): the disk is slow or full; "
+                    "raise max_buffer_bytes or use on_full='block'"
+                )
+            self._wake.set()
+            self._space.wait(0.1)
+        return True
+
+    def _seal(self) -> None:
+        """With the lock held: hand the current block to the flusher and start a new one."""
+        self._sealed.append((self._seq - len(self._ts) + 1, self._ts, self._buf))
+        self._held_bytes += len(self._buf)
+        self._buf = bytearray()
+        self._ts = array("d")
+        self._set_room()
+
+    def _set_room(self) -> None:
+        if not self._closed:
+            self._room = min(BLOCK_BYTES, self.config.max_buffer_bytes - self._held_bytes)
+
+    def flush(self, timeout: float = 60.0, delivered: bool = False) -> bool:
+        """True once every record logged before the call is durable (in "none" mode: written).
+
+        Never stops the writer; never waits for records logged after the call.
+        """
+        target = self._seq
+        if not self._wait_durable(target, timeout):
+            return False
+        if delivered:
+            return False  # delivery needs a sender; until one acknowledges, nothing is delivered
+        return True
+
+    def finish(self, timeout: float = 60.0) -> bool:
+        """Stop accepting records, make everything durable, write the finish mark.
+
+        Returns True when every logged record is durable and the mark is written.
+        Idempotent; never hangs past `timeout`.
+        """
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True
+            self._room = -1
+            self._space.notify_all()
+        if self._dir_fd < 0:  # a forked child that never logged: it owns no files
+            _hooks.detach(self)
+            return True
+        target = self._seq
+        durable = self._wait_durable(target, timeout)
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(max(0.1, timeout))
+        ok = durable and self._durable_seq >= target
+        try:
+            self._write_finish_mark(lost=target - self._durable_seq)
+            self._write_heartbeat("finished")
+        except OSError as exc:
+            logger.error("distwal: cannot write the finish mark of %s: %s", self.id, exc)
+            ok = False
+        if self._segments is not None:
+            self._segments.close()
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        _hooks.detach(self)
+        return ok
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def seq(self) -> int:
+        """The last seq handed out."""
+        return self._seq
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable_seq
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def _wait_durable(self, seq: int, timeout: float | None) -> bool:
+        if self._durable_seq >= seq:
+            return True
+        self._wake.set()
+        with self._progress:
+            return self._progress.wait_for(lambda: self._durable_seq >= seq or self._stopped(), timeout) and (
+                self._durable_seq >= seq
+            )
+
+    def _stopped(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    # -- the flusher thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.config.interval
+        next_heartbeat = time.monotonic() + self.config.heartbeat_interval
+        while True:
+            self._wake.wait(interval)
+            self._wake.clear()
+            stopping = self._stopping
+            try:
+                self._commit()
+            except OSError as exc:
+                self._note_error(exc)
+                if stopping:
+                    break
+                time.sleep(_ERROR_BACKOFF)
+                continue
+            if stopping and not self._unwritten and not self._buf and not self._sealed:
+                break
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + self.config.heartbeat_interval
+                try:
+                    self._write_heartbeat("live")
+                except OSError as exc:
+                    self._note_error(exc)
+        with self._progress:
+            self._progress.notify_all()
+
+    def _commit(self) -> None:
+        """Write the sealed blocks; fdatasync once; publish the new watermark.
+
+        A block that cannot be written (disk full, EIO) stays in memory and is retried in
+        order on the next cycle; nothing behind it is written before it.
+        """
+        with self._lock:
+            if self._buf:
+                self._seal()
+            sealed, self._sealed = self._sealed, []
+        for first_seq, ts, payload in sealed:
+            ts_bytes = timestamps_bytes(ts)
+            header = encode_header(first_seq, len(ts), ts_bytes, payload)
+            self._unwritten.append((first_seq + len(ts) - 1, len(payload), [header, ts_bytes, payload]))
+        if not self._unwritten:
+            return
+        segments = self._segments
+        assert segments is not None
+        written = 0
+        try:
+            while self._unwritten:
+                last_seq, size, parts = self._unwritten[0]
+                segments.append(parts)
+                self._unwritten.popleft()
+                written += size
+                self._written_seq = last_seq
+            if self._fdatasync:
+                segments.sync()
+        finally:
+            if written:
+                with self._lock:
+                    self._held_bytes -= written
+                    self._set_room()
+                    self._space.notify_all()
+        self._durable_at = (segments.index, segments.offset)
+        with self._progress:
+            self._durable_seq = self._written_seq
+            self._progress.notify_all()
+        self._last_error = None
+
+    def _note_error(self, exc: OSError) -> None:
+        message = f"{exc.strerror or exc} ({exc.filename or 'segment'})"
+        if message != self._last_error:
+            logger.error("distwal: writer %s cannot write: %s; keeping records in memory", self.id, message)
+        self._last_error = message
+
+    # -- marks --------------------------------------------------------------------------
+
+    def _write_heartbeat(self, state: str) -> None:
+        self._heartbeats += 1
+        segment, offset = self._durable_at
+        beat = {
+            "n": self._heartbeats,
+            "ts": time.time(),
+            "state": state,
+            "seq": self._seq,
+            "durable_seq": self._durable_seq,
+            "segment": segment,
+            "offset": offset,
+            "dropped": self._dropped,
+            "error": self._last_error,
+        }
+        _layout.write_atomic(self._dir_fd, _layout.HEARTBEAT, orjson.dumps(beat), self._modes, durable=False)
+
+    def _write_finish_mark(self, lost: int) -> None:
+        segment, offset = self._durable_at
+        mark = {
+            "seq": self._durable_seq,
+            "segment": segment,
+            "offset": offset,
+            "ts": time.time(),
+            "dropped": self._dropped,
+            "lost": lost,
+        }
+        _layout.write_atomic(self._dir_fd, _layout.FINISH, orjson.dumps(mark), self._modes)
+
+    # -- process events -----------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """The child must never touch the parent's files: forget them, start anew on first log."""
+        for fd in (self._dir_fd, self._segments._fd if self._segments else -1):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        closed = self._closed
+        self._reset()
+        if closed:
+            self._closed, self._room = True, -1
+        else:
+            self.log = self._log_after_fork  # type: ignore[method-assign]
+
+    def _log_after_fork(self, record: Mapping[str, Any]) -> int:
+        with self._lock:
+            if self.__dict__.get("log") == self._log_after_fork:
+                self._bind_log()
+                self._open()
+        return self.log(record)
+
+    def _durable_soon(self, grace: float) -> None:
+        """Wait briefly for what is logged to become durable, taking no lock (signal handler)."""
+        target = self._seq
+        deadline = time.monotonic() + grace
+        while self._durable_seq < target and not self._stopped() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+
+class _Hooks:
+    """Process-wide hooks: at exit, multiprocessing finalizers, SIGTERM, fork."""
+
+    def __init__(self) -> None:
+        self.writers: list[Writer] = []
+        self._previous_sigterm: Any = None
+        self._installed_sigterm = False
+        self._finalizers: set[str] = set()
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        import atexit
+
+        atexit.register(self.at_exit)
+
+    def attach(self, writer: Writer) -> None:
+        if writer not in self.writers:
+            self.writers.append(writer)
+        self._install_sigterm()
+        # Pool workers leave through os._exit: atexit never runs there, their finalizers do.
+        for name in ("multiprocessing.util", "multiprocess.util"):
+            util = sys.modules.get(name)
+            if util is not None and name not in self._finalizers:
+                util.Finalize(None, self.at_exit, exitpriority=100)  # type: ignore[attr-defined]
+                self._finalizers.add(name)
+
+    def detach(self, writer: Writer) -> None:
+        if writer in self.writers:
+            self.writers.remove(writer)
+
+    def at_exit(self) -> None:
+        for writer in list(self.writers):
+            writer.finish(timeout=writer.config.exit_timeout)
+
+    def _install_sigterm(self) -> None:
+        if self._installed_sigterm or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed_sigterm = True
+        except (ValueError, OSError):
+            pass
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        # No lock here: the interrupted thread may hold one. The flusher commits on its own.
+        for writer in list(self.writers):
+            writer._durable_soon(_SIGTERM_GRACE)
+        previous = self._previous_sigterm
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _after_fork_in_child(self) -> None:
+        self._finalizers.clear()
+        for writer in self.writers:
+            writer._after_fork_in_child()
+
+
+_hooks = _Hooks()

@@ -1,0 +1,1 @@
+"""Launch helpers: the environment a job's ranks share, and `distwal run`."""
