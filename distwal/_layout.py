@@ -214,21 +214,49 @@ def write_atomic(dir_fd: int, name: str, data: bytes, modes: Modes, durable: boo
         os.fsync(dir_fd)
 
 
-def read_json(dir_fd: int, name: str) -> Any:
+def read_json(dir_fd: int, name: str, limit: int = MAX_SMALL_FILE) -> Any:
     """Parse a small JSON file without following symlinks; None when it does not exist."""
     fd = open_regular(dir_fd, name)
     if fd is None:
         return None
     try:
-        data = os.read(fd, MAX_SMALL_FILE + 1)
+        data = _read_upto(fd, limit + 1)
     finally:
         os.close(fd)
-    if len(data) > MAX_SMALL_FILE:
-        raise LayoutError(f"{name} is larger than {MAX_SMALL_FILE} bytes: not a distwal file")
+    if len(data) > limit:
+        raise LayoutError(f"{name} is larger than {limit} bytes: not a distwal file")
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         raise LayoutError(f"{name} is not valid JSON") from None
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    parts, size = [], 0
+    while size < limit:
+        part = os.read(fd, limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+def exists(dir_fd: int, name: str) -> bool:
+    """True when `name` is a regular file (a symlink or anything else does not count)."""
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def read_json_quietly(dir_fd: int, name: str) -> Any:
+    """read_json for files that may be mid-replace or damaged: None instead of an error."""
+    try:
+        found = read_json(dir_fd, name)
+    except (LayoutError, OSError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def open_regular(dir_fd: int, name: str) -> int | None:
@@ -250,29 +278,37 @@ def open_regular(dir_fd: int, name: str) -> int | None:
     return fd
 
 
+def create_once(dir_fd: int, name: str, data: bytes, modes: Modes) -> bool:
+    """Create `name` holding `data` unless it exists; True if this call created it.
+
+    The file is complete and durable before its name appears: it is written under a
+    temporary name and linked, and link() fails if the name exists, so exactly one
+    creator wins, also on NFS.
+    """
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = create_file(dir_fd, tmp, modes)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.fsync(dir_fd)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        _unlink_quietly(dir_fd, tmp)
+
+
 def ensure_domain(path: str, modes: Modes) -> str:
-    """The directory's random domain id, created once: the first process to link it wins."""
+    """The directory's random domain id, fixed by the first process that creates it."""
     fd = open_dir(path)
     try:
+        body = {"domain": secrets.token_hex(16), "created": time.time(), "version": 1}
+        create_once(fd, DOMAIN, orjson.dumps(body), modes)
         existing = read_json(fd, DOMAIN)
-        if existing is None:
-            tmp = f".{DOMAIN}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            tfd = create_file(fd, tmp, modes)
-            try:
-                body = {"domain": secrets.token_hex(16), "created": time.time(), "version": 1}
-                write_all(tfd, orjson.dumps(body))
-                os.fsync(tfd)
-            finally:
-                os.close(tfd)
-            try:
-                # link() fails if the name exists, so exactly one creator wins, also on NFS.
-                os.link(tmp, DOMAIN, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
-                os.fsync(fd)
-            except FileExistsError:
-                pass
-            finally:
-                _unlink_quietly(fd, tmp)
-            existing = read_json(fd, DOMAIN)
         if not isinstance(existing, dict) or not isinstance(existing.get("domain"), str):
             raise LayoutError(f"{os.path.join(path, DOMAIN)} is damaged: move it away to start a new domain")
         return str(existing["domain"])

@@ -92,6 +92,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._dir_fd = -1
         self._segments: SegmentWriter | None = None
+        self._elector: Any = None
 
     def _open(self) -> None:
         """Claim a new identity and folder, write the metadata, start the flusher."""
@@ -127,7 +128,22 @@ class Writer:
         self._write_heartbeat("live")
         self._thread = threading.Thread(target=self._run, name="distwal-flusher", daemon=True)
         self._thread.start()
+        if not self.config.disable_sender:
+            self._elector = self._make_elector()
         _hooks.attach(self)
+
+    def _make_elector(self) -> Any:
+        from ._leader import Elector, ProcessLeadership
+
+        owner = {
+            "owner": self.id,
+            "kind": "rank",
+            "host": self.identity.host,
+            "pid": self.identity.pid,
+            "rank": self.meta["rank"],
+        }
+        config, domain = self.config, self.domain
+        return Elector(config, self.identity, owner, domain, lambda epoch: ProcessLeadership(config, epoch, owner, domain)).start()
 
     # -- the caller's side --------------------------------------------------------------
 
@@ -213,12 +229,35 @@ class Writer:
 
         Never stops the writer; never waits for records logged after the call.
         """
+        deadline = time.monotonic() + timeout
         target = self._seq
         if not self._wait_durable(target, timeout):
             return False
         if delivered:
-            return False  # delivery needs a sender; until one acknowledges, nothing is delivered
+            return self._wait_delivered(target, deadline)
         return True
+
+    def _wait_delivered(self, target: int, deadline: float) -> bool:
+        """Poll the cursor book until the sink acknowledged `target`; False on a dead letter,
+        at the deadline, or once no leader lease has moved for lease_s."""
+        from ._cursor import Position, read_cursors
+        from ._election import LeaseWatch
+
+        if target == 0:
+            return True
+        watch = LeaseWatch(self.config.dir, self.config.lease_s)
+        dead_before = read_cursors(self.config.dir).get(self.id, Position()).dead
+        pause = 0.01
+        while True:
+            pos = read_cursors(self.config.dir).get(self.id, Position())
+            if pos.dead > dead_before and pos.dead_max <= target:
+                return False
+            if pos.seq >= target:
+                return True
+            if watch.stale() or time.monotonic() >= deadline:
+                return False
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.2)
 
     def finish(self, timeout: float = 60.0) -> bool:
         """Stop accepting records, make everything durable, write the finish mark.
@@ -226,6 +265,7 @@ class Writer:
         Returns True when every logged record is durable and the mark is written.
         Idempotent; never hangs past `timeout`.
         """
+        deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
                 return True
@@ -253,6 +293,10 @@ class Writer:
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
+        if self._elector is not None:
+            # A leader ships what finished and dead writers left, its own records included.
+            self._elector.stop(drain_timeout=max(0.0, deadline - time.monotonic()))
+            self._elector = None
         _hooks.detach(self)
         return ok
 
@@ -399,6 +443,8 @@ class Writer:
                     os.close(fd)
                 except OSError:
                     pass
+        if self._elector is not None:
+            self._elector.forget_after_fork()
         closed = self._closed
         self._reset()
         if closed:

@@ -1,0 +1,257 @@
+"""Electing the one process that sends: the lock is the fast path, lease and epoch the truth.
+
+    <dir>/leader.lock            POSIX lock; never unlinked
+    <dir>/leader.json            the lease: epoch, owner, renewal counter; rewritten to renew
+    <dir>/epochs/NNNNNNNNNNNNNNNN  one file per epoch ever claimed, created exclusively
+    <dir>/sink.json              the sink the first leader shipped to; others must match
+
+Why lockf and not flock: portalocker's POSIX default is flock, which a forked child
+inherits (a DataLoader worker would keep a dead leader's lock) and which NFS emulates
+poorly; lockf/fcntl locks belong to the process, are not inherited across fork, and are
+the locks NFS servers honour. Closing *any* descriptor of the file drops such a lock, so
+the lock lives on a dedicated close-on-exec descriptor nothing else in the process opens.
+
+Locks can leak (an NFSv3 client that died, a hung leader), so a contender that cannot
+get the lock but sees the lease unchanged for lease_s on its own monotonic clock claims
+the next epoch and leads anyway. A leader that sees a higher epoch, or fails to renew
+within its lease, stops at once; every batch carries its epoch so sinks fence the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+import portalocker
+from portalocker.portalocker import LockfLocker
+
+from . import _layout
+from ._exceptions import LayoutError
+from ._layout import Modes
+
+logger = logging.getLogger("distwal")
+
+LOCK = "leader.lock"
+LEASE = "leader.json"
+EPOCHS = "epochs"
+SINK = "sink.json"
+RENEW_FRACTION = 5  # the leader renews every lease_s / 5
+KEEP_EPOCH_FILES = 16  # older epoch files are pruned
+
+_LOCKER = LockfLocker()
+
+
+def format_epoch_name(epoch: int) -> str:
+    return f"{epoch:016d}"
+
+
+def parse_epoch_name(name: str) -> int | None:
+    return int(name) if len(name) == 16 and name.isdigit() else None
+
+
+class LeaderLock:
+    """An exclusive lockf lock on <dir>/leader.lock, tried without blocking."""
+
+    def __init__(self, root: str, modes: Modes) -> None:
+        self.root = root
+        self.modes = modes
+        self._fd = -1
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        if self.held:
+            return True
+        if self._fd < 0:
+            dir_fd = _layout.open_dir(self.root)
+            try:
+                self._fd = os.open(
+                    LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, self.modes.file, dir_fd=dir_fd
+                )
+            finally:
+                os.close(dir_fd)
+        try:
+            _LOCKER.lock(self._fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.AlreadyLocked:
+            return False
+        except portalocker.LockException as exc:
+            logger.warning("distwal: cannot lock %s: %s", os.path.join(self.root, LOCK), exc)
+            return False
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor drops it, also if unlock fails)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.held = False
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the lock is the parent's; close our copy of the descriptor."""
+        self.release()
+
+
+def _epochs_fd(root: str, modes: Modes) -> int:
+    root_fd = _layout.open_dir(root)
+    try:
+        try:
+            return _layout.make_subdir(root_fd, EPOCHS, modes)
+        except FileExistsError:
+            return _layout.open_dir(EPOCHS, dir_fd=root_fd)
+    finally:
+        os.close(root_fd)
+
+
+def highest_epoch(root: str) -> int:
+    try:
+        names = os.listdir(os.path.join(root, EPOCHS))
+    except FileNotFoundError:
+        return 0
+    return max((e for e in map(parse_epoch_name, names) if e is not None), default=0)
+
+
+def claim_epoch(root: str, owner: dict[str, Any], modes: Modes) -> int:
+    """Claim the next epoch by creating its file exclusively; durable before it is used."""
+    fd = _epochs_fd(root, modes)
+    try:
+        while True:
+            names = os.listdir(fd)
+            current = max((e for e in map(parse_epoch_name, names) if e is not None), default=0)
+            epoch = current + 1
+            try:
+                file_fd = _layout.create_file(fd, format_epoch_name(epoch), modes)
+            except FileExistsError:
+                continue  # someone claimed it first: try the one after
+            try:
+                _layout.write_all(file_fd, orjson.dumps({**owner, "epoch": epoch, "ts": time.time()}))
+                os.fsync(file_fd)
+            finally:
+                os.close(file_fd)
+            os.fsync(fd)
+            for name in names:
+                old = parse_epoch_name(name)
+                if old is not None and old <= epoch - KEEP_EPOCH_FILES:
+                    try:
+                        os.unlink(name, dir_fd=fd)
+                    except OSError:
+                        pass
+            return epoch
+    finally:
+        os.close(fd)
+
+
+def read_lease(root: str) -> dict[str, Any] | None:
+    try:
+        fd = _layout.open_dir(root)
+    except OSError:
+        return None
+    try:
+        lease = _layout.read_json(fd, LEASE)
+    except (LayoutError, OSError):
+        return None
+    finally:
+        os.close(fd)
+    return lease if isinstance(lease, dict) else None
+
+
+def recorded_sink(root: str) -> str | None:
+    fd = _layout.open_dir(root)
+    try:
+        found = _layout.read_json(fd, SINK)
+    finally:
+        os.close(fd)
+    return found.get("sink") if isinstance(found, dict) else None
+
+
+def record_sink(root: str, sink: str, modes: Modes) -> str:
+    """Record `sink` as the directory's sink unless one is recorded; return the recorded one."""
+    fd = _layout.open_dir(root)
+    try:
+        _layout.create_once(fd, SINK, orjson.dumps({"sink": sink, "ts": time.time()}), modes)
+        found = _layout.read_json(fd, SINK)
+    finally:
+        os.close(fd)
+    return str(found["sink"]) if isinstance(found, dict) and "sink" in found else sink
+
+
+@dataclass
+class LeaseKeeper:
+    """The leader's side of the lease: renew it, and notice at once when leadership is lost."""
+
+    root: str
+    epoch: int
+    owner: dict[str, Any]
+    lease_s: float
+    modes: Modes
+    clock: Callable[[], float] = time.monotonic
+    renewals: int = 0
+    _renewed_at: float = field(default=0.0)
+    lost: str | None = None
+
+    def __post_init__(self) -> None:
+        self._renewed_at = self.clock()
+
+    def renew_if_due(self) -> bool:
+        """Renew when due; False once leadership is lost (the reason is in .lost)."""
+        if self.lost:
+            return False
+        now = self.clock()
+        if now - self._renewed_at >= self.lease_s:
+            return self._lose(f"could not renew the lease for {now - self._renewed_at:.1f}s (stalled)")
+        if self.renewals and now - self._renewed_at < self.lease_s / RENEW_FRACTION:
+            return True
+        newest = highest_epoch(self.root)
+        if newest > self.epoch:
+            return self._lose(f"epoch {newest} was claimed by another leader")
+        lease = read_lease(self.root)
+        if lease is not None and int(lease.get("epoch", 0)) > self.epoch:
+            return self._lose(f"the lease belongs to epoch {lease.get('epoch')}")
+        self.renewals += 1
+        body = {**self.owner, "epoch": self.epoch, "n": self.renewals, "ts": time.time(), "lease_s": self.lease_s}
+        try:
+            fd = _layout.open_dir(self.root)
+            try:
+                _layout.write_atomic(fd, LEASE, orjson.dumps(body), self.modes, durable=False)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            logger.warning("distwal: cannot renew the lease: %s", exc)
+            return self.clock() - self._renewed_at < self.lease_s
+        self._renewed_at = now
+        return True
+
+    def valid(self) -> bool:
+        """Still the leader right now (call before anything that must be fenced)."""
+        return not self.lost and self.clock() - self._renewed_at < self.lease_s
+
+    def _lose(self, reason: str) -> bool:
+        self.lost = reason
+        logger.warning("distwal: leader epoch %d stops: %s", self.epoch, reason)
+        return False
+
+
+class LeaseWatch:
+    """A contender's side: has the lease stayed unchanged for lease_s on our own clock?"""
+
+    def __init__(self, root: str, lease_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.root = root
+        self.lease_s = lease_s
+        self.clock = clock
+        self._token: Any = object()
+        self._since = clock()
+
+    def stale(self) -> bool:
+        lease = read_lease(self.root)
+        token = None if lease is None else (lease.get("epoch"), lease.get("n"), lease.get("owner"))
+        now = self.clock()
+        if token != self._token:
+            self._token, self._since = token, now
+            return False
+        return now - self._since >= self.lease_s
+
+    def silent_for(self) -> float:
+        return self.clock() - self._since

@@ -1,0 +1,262 @@
+"""Taking part in the election, and hosting the sender once elected.
+
+A rank never sends on its own threads: when its Elector wins, it starts the sender as a
+fresh interpreter (never a fork: CUDA and NCCL may be up) that dies with it, so the
+training loop only pays for a lock attempt every CONTEND_INTERVAL. `distwal run` and
+`distwal drain` have nothing else to do, so they host the sender on a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+import orjson
+
+from ._config import Config
+from ._election import LeaderLock, LeaseKeeper, LeaseWatch, claim_epoch, highest_epoch, record_sink
+from ._layout import Identity, Modes
+from ._liveness import LivenessJudge
+from ._sender import Sender
+
+logger = logging.getLogger("distwal")
+
+CONTEND_INTERVAL = 0.3  # seconds between lock attempts (jittered): failover within ~1 s
+RESTART_BACKOFF = 1.0  # seconds before re-contending after a sender ended by itself
+
+
+def build_sender(config: Config, epoch: int, owner: dict[str, Any], domain: str, identity: Identity) -> Sender:
+    """A Sender for `config.dir` at `epoch`, with the sink and liveness rules of `config`."""
+    from .sinks import sink_from_url
+
+    modes = Modes.for_config(config.shared_group)
+    lease = LeaseKeeper(config.dir, epoch, owner, config.lease_s, modes)
+    judge = LivenessJudge(identity, config.lease_s)
+    return Sender(config.dir, sink_from_url(config.sink), config.sink, lease, judge, domain, modes)
+
+
+class Leadership(Protocol):
+    outcome: str | None
+
+    def alive(self) -> bool: ...
+
+    def drain(self, timeout: float) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+
+class ThreadLeadership:
+    """The sender on a thread of this process (for `distwal run` and `distwal drain`)."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.outcome: str | None = None
+        self._stop = threading.Event()
+        self._deadline: float | None = None
+        self._thread = threading.Thread(target=self._run, name="distwal-sender", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.outcome = self.sender.run(self._stop.is_set, lambda: self._deadline)
+        finally:
+            self.sender.close()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def drain(self, timeout: float) -> None:
+        self._deadline = self.sender.clock() + timeout
+        self._thread.join(timeout + 5)
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+class ProcessLeadership:
+    """The sender in a fresh interpreter that dies with this process (see _sender_main)."""
+
+    def __init__(self, config: Config, epoch: int, owner: dict[str, Any], domain: str) -> None:
+        self.outcome: str | None = None
+        env = dict(os.environ)
+        config.export(env)
+        env["DISTWAL_LEASE_S"] = str(config.lease_s)
+        args = [sys.executable, "-m", "distwal._sender_main", config.dir, str(epoch), domain,
+                orjson.dumps(owner).decode(), str(os.getpid())]
+        self._proc = subprocess.Popen(
+            args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, start_new_session=False
+        )
+
+    def alive(self) -> bool:
+        if self._proc.poll() is None:
+            return True
+        if self.outcome is None and self._proc.stdout is not None:
+            self.outcome = self._proc.stdout.read().decode(errors="replace").strip() or f"exit {self._proc.returncode}"
+        return False
+
+    def drain(self, timeout: float) -> None:
+        self._command(f"drain {timeout}\n")
+        try:
+            self._proc.wait(timeout + 5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def stop(self, timeout: float) -> None:
+        self._command("stop\n")
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _command(self, line: str) -> None:
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(line.encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def forget(self) -> None:
+        """In a forked child: the sender belongs to the parent; drop our handles only."""
+        for stream in (self._proc.stdin, self._proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+
+class Elector:
+    """One process's part in the election: contend, lead, supervise, step down."""
+
+    def __init__(
+        self,
+        config: Config,
+        identity: Identity,
+        owner: dict[str, Any],
+        domain: str,
+        start: Callable[[int], Leadership],
+        may_lead: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.owner = owner
+        self.domain = domain
+        self.modes = Modes.for_config(config.shared_group)
+        self.lock = LeaderLock(config.dir, self.modes)
+        self.watch = LeaseWatch(config.dir, config.lease_s)
+        self.leadership: Leadership | None = None
+        self.epoch = 0
+        self._start = start
+        self._may_lead = may_lead
+        self._stop = threading.Event()
+        self._refused: str | None = None
+        self._drain_timeout = 0.0
+        self._resume_at = 0.0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self.leadership is not None
+
+    def start(self) -> Elector:
+        self._thread = threading.Thread(target=self._run, name="distwal-elector", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.leadership is None:
+                    self.contend()
+                else:
+                    self.supervise()
+            except OSError as exc:
+                logger.warning("distwal: election: %s", exc)
+            except Exception:  # a bug here must not end the election thread silently
+                logger.exception("distwal: election failed; retrying")
+                self._resume_at = time.monotonic() + RESTART_BACKOFF
+            self._stop.wait(CONTEND_INTERVAL * random.uniform(0.7, 1.3))
+        # Leadership ends on this thread: the sender process was started from it, and
+        # PR_SET_PDEATHSIG fires when the starting *thread* ends.
+        self._end_leadership(self._drain_timeout)
+
+    def contend(self) -> bool:
+        """One attempt to become the leader. True when this process now leads."""
+        if time.monotonic() < self._resume_at or not self._may_lead():
+            return False
+        if not self.lock.try_acquire() and not self.watch.stale():
+            return False
+        recorded = record_sink(self.config.dir, self.config.sink, self.modes)
+        if recorded != self.config.sink:
+            if self._refused != recorded:
+                logger.error(
+                    "distwal: not leading: this directory ships to %s but this process is configured for %s; "
+                    "set DISTWAL_SINK to match or use another directory",
+                    _redact(recorded), _redact(self.config.sink),
+                )
+                self._refused = recorded
+            self.lock.release()
+            self._resume_at = time.monotonic() + 10 * CONTEND_INTERVAL
+            return False
+        self.epoch = claim_epoch(self.config.dir, self.owner, self.modes)
+        LeaseKeeper(self.config.dir, self.epoch, self.owner, self.config.lease_s, self.modes).renew_if_due()
+        logger.info("distwal: %s leads with epoch %d", self.owner.get("owner"), self.epoch)
+        self.leadership = self._start(self.epoch)
+        return True
+
+    def supervise(self) -> None:
+        """Step down when the sender ended: lost lease, newer epoch, or a crash."""
+        leadership = self.leadership
+        if leadership is None or leadership.alive():
+            if leadership is not None and highest_epoch(self.config.dir) > self.epoch:
+                leadership.stop(5.0)
+            return
+        logger.info("distwal: epoch %d sender ended: %s", self.epoch, leadership.outcome)
+        self._step_down()
+        self._resume_at = time.monotonic() + RESTART_BACKOFF
+
+    def _step_down(self) -> None:
+        self.leadership = None
+        self.lock.release()
+        self.watch = LeaseWatch(self.config.dir, self.config.lease_s)
+
+    def stop(self, drain_timeout: float = 0.0) -> None:
+        """Stop contending; a leader first drains what finished and dead writers left."""
+        self._drain_timeout = drain_timeout
+        self._stop.set()
+        if self._thread is None:
+            self._end_leadership(drain_timeout)
+        elif self._thread is not threading.current_thread():
+            self._thread.join(drain_timeout + 10.0)
+
+    def _end_leadership(self, drain_timeout: float) -> None:
+        leadership = self.leadership
+        if leadership is not None:
+            if drain_timeout > 0 and leadership.alive():
+                leadership.drain(drain_timeout)
+            else:
+                leadership.stop(5.0)
+            self._step_down()
+        self.lock.release()
+
+    def forget_after_fork(self) -> None:
+        if isinstance(self.leadership, ProcessLeadership):
+            self.leadership.forget()
+        self.leadership = None
+        self.lock.forget_after_fork()
+
+
+def _redact(url: str) -> str:
+    from ._config import _redact as redact
+
+    return redact(url)

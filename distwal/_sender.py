@@ -1,0 +1,649 @@
+"""The leader loop: read every writer from its cursor, send batches, save cursors on ack.
+
+Order of effects, always: the sink acknowledges, the cursor book is durable, and only
+then are acknowledged segments unlinked. Dead writers are adopted (their folder moved to
+adopted/), shipped, and removed; finished writers are removed once delivered, leaving a
+tombstone in history/. A damaged span below a writer's durable watermark is copied to
+quarantine/ and skipped; above it, it is simply not written yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import orjson
+
+from . import _layout
+from ._cursor import Position, read_cursors, write_cursors
+from ._election import LeaseKeeper
+from ._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
+from ._layout import Modes
+from ._liveness import LivenessJudge
+from ._scan import ENVELOPE_KEYS, WriterFiles, load_writer
+from ._segment import Block, Damage, read_segment
+from .sinks import Batch, Chunk, Sink
+
+logger = logging.getLogger("distwal")
+
+ADOPTED = "adopted"
+HISTORY = "history"
+DEADLETTERS = "deadletters"
+QUARANTINE = "quarantine"
+HEALTH = "sender.json"
+
+DEFAULT_BATCH_RECORDS = 20_000
+DEFAULT_BATCH_BYTES = 4 << 20
+BUSY_PAUSE = 0.0  # seconds between cycles while there is a backlog
+IDLE_PAUSE = 0.05  # seconds between cycles when nothing was pending
+DISCOVER_EVERY = 0.5  # seconds between listings of writers/
+LIVENESS_EVERY = 0.25  # seconds between liveness checks
+HEALTH_EVERY = 1.0  # seconds between writes of sender.json
+MAX_IDLE_BACKOFF = 1.0  # seconds: an idle writer is checked at most this rarely
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0  # seconds, retries of an unavailable sink
+PAUSED_RETRY = 30.0  # seconds before retrying a sink that refused our credentials
+
+
+class LostLeadership(Exception):
+    """Raised inside the loop when this process must stop sending at once."""
+
+
+@dataclass
+class Tracked:
+    """What the leader knows of one writer folder."""
+
+    files: WriterFiles
+    dir_fd: int
+    pos: Position
+    adopted_at: float | None = None  # monotonic time of adoption
+    same_kernel_dead: bool = False
+    idle_since: float | None = None
+    next_check: float = 0.0
+    exhausted: bool = False  # the last read found nothing more
+    heartbeat_token: Any = None
+    quarantined: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.files.id
+
+    @property
+    def finished(self) -> dict[str, Any] | None:
+        return self.files.finish
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+@dataclass
+class _Span:
+    """Where a block of a batch lies, to turn an acknowledged seq into a cursor."""
+
+    first: int
+    last: int
+    segment: int
+    offset: int
+    end: int
+
+
+@dataclass
+class Health:
+    state: str = "starting"
+    errors: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    last_success: float | None = None
+    acked_records: int = 0
+    acked_batches: int = 0
+    dead_letters: int = 0
+    quarantined_bytes: int = 0
+    torn_bytes: int = 0
+    adopted: int = 0
+    retired: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class Sender:
+    """Ships every writer of a directory to one sink while its lease holds."""
+
+    def __init__(
+        self,
+        root: str,
+        sink: Sink,
+        sink_url: str,
+        lease: LeaseKeeper,
+        judge: LivenessJudge,
+        domain: str,
+        modes: Modes,
+        batch_records: int = DEFAULT_BATCH_RECORDS,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.root = root
+        self.sink = sink
+        self.sink_url = sink_url
+        self.lease = lease
+        self.judge = judge
+        self.domain = domain
+        self.modes = modes
+        self.batch_records = batch_records
+        self.batch_bytes = batch_bytes
+        self.clock = clock
+        self.health = Health()
+        self.writers: dict[str, Tracked] = {}
+        self.book: dict[str, Position] = read_cursors(root)
+        self._book_dirty = False
+        self._order: deque[str] = deque()
+        self._next_discover = 0.0
+        self._next_liveness = 0.0
+        self._next_health = 0.0
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_MIN
+        for sub in (ADOPTED, HISTORY, DEADLETTERS, QUARANTINE):
+            path = os.path.join(root, sub)
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=modes.dir, exist_ok=True)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: Callable[[], bool], drain_deadline: Callable[[], float | None] = lambda: None) -> str:
+        """Cycle until stop() or leadership is lost; with a drain deadline, until drained.
+
+        Returns why it ended: "stopped", "drained", "deadline" or the lost-lease reason.
+        """
+        draining = False
+        try:
+            while not stop():
+                deadline = drain_deadline()
+                if deadline is not None and not draining:
+                    draining = True  # look again now: finish marks written a moment ago count
+                    self._next_discover = self._next_liveness = 0.0
+                    for t in self.writers.values():
+                        t.next_check = 0.0
+                    continue
+                sent = self.cycle()
+                if deadline is not None:
+                    if self.drained():
+                        return "drained"
+                    if self.clock() >= deadline:
+                        return "deadline"
+                if not sent:
+                    self._pause(IDLE_PAUSE, stop)
+            return "stopped"
+        except LostLeadership as exc:
+            return str(exc) or "lost leadership"
+        finally:
+            self._write_health(force=True)
+
+    def cycle(self) -> int:
+        """One pass: lease, discovery, liveness, one batch. Returns records acknowledged."""
+        if not self.lease.renew_if_due():
+            raise LostLeadership(self.lease.lost or "lease lost")
+        self.judge.tick()
+        now = self.clock()
+        if now >= self._next_discover:
+            self._discover()
+            self._next_discover = now + DISCOVER_EVERY
+        if now >= self._next_liveness:
+            self._check_liveness()
+            self._next_liveness = now + LIVENESS_EVERY
+        acked = 0
+        if now >= self._retry_at:
+            collected = self._collect()
+            if collected is not None:
+                acked = self._deliver(*collected)
+        self._retire()
+        self._write_health()
+        return acked
+
+    def drained(self) -> bool:
+        """Nothing readable is left from finished, dead or adopted writers."""
+        for t in self.writers.values():
+            if t.finished is not None or t.adopted_at is not None:
+                if not t.exhausted:
+                    return False
+                if t.finished is not None and t.pos.seq < int(t.finished.get("seq", 0)):
+                    return False
+        return True
+
+    def pending_marks(self) -> dict[str, int]:
+        """Each known writer's last durable seq, as its heartbeat or finish mark says."""
+        marks = {}
+        for t in self.writers.values():
+            mark = t.finished or self._heartbeat(t) or {}
+            marks[t.id] = int(mark.get("durable_seq", mark.get("seq", 0)) or 0)
+        return marks
+
+    def _pause(self, seconds: float, stop: Callable[[], bool]) -> None:
+        deadline = self.clock() + seconds
+        while not stop():
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    # -- discovery and liveness ------------------------------------------------------------
+
+    def _discover(self) -> None:
+        for sub in (_layout.WRITERS, ADOPTED):
+            parent = os.path.join(self.root, sub)
+            try:
+                names = os.listdir(parent)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name in self.writers or not _layout.is_writer_id(name):
+                    continue
+                self._track(parent, name, adopted=sub == ADOPTED)
+
+    def _track(self, parent: str, name: str, adopted: bool) -> None:
+        try:
+            parent_fd = _layout.open_dir(parent)
+        except OSError:
+            return
+        try:
+            files = load_writer(parent_fd, name, os.path.join(parent, name))
+            if files is None or files.meta is None:
+                return  # no metadata yet: a writer being born, or debris we do not touch
+            try:
+                dir_fd = _layout.open_dir(name, dir_fd=parent_fd)
+            except OSError:
+                return
+        finally:
+            os.close(parent_fd)
+        pos = self.book.get(name, Position())
+        tracked = Tracked(files, dir_fd, pos, adopted_at=self.clock() if adopted else None)
+        if adopted:
+            tracked.same_kernel_dead = self.judge.same_kernel(files.meta or {})
+        self.writers[name] = tracked
+        self._order.append(name)
+
+    def _check_liveness(self) -> None:
+        for t in list(self.writers.values()):
+            if t.adopted_at is not None or t.finished is not None:
+                continue
+            if _layout.exists(t.dir_fd, _layout.FINISH):
+                t.files.finish = _layout.read_json_quietly(t.dir_fd, _layout.FINISH)
+                t.exhausted = False
+                if t.files.finish is not None:
+                    continue
+            try:
+                st = os.stat(_layout.HEARTBEAT, dir_fd=t.dir_fd, follow_symlinks=False)
+                token: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                token = None  # unreadable is not evidence of death
+            self.judge.observe(t.id, token)
+            if self.judge.is_dead(t.id, t.files.meta):
+                self._adopt(t)
+
+    def _adopt(self, t: Tracked) -> None:
+        """Move a dead writer's folder aside; it is shipped from there, then removed."""
+        target = os.path.join(self.root, ADOPTED, t.id)
+        try:
+            os.rename(t.files.path, target)
+            _layout.fsync_path(os.path.join(self.root, ADOPTED))
+            _layout.fsync_path(os.path.join(self.root, _layout.WRITERS))
+        except OSError as exc:
+            logger.warning("distwal: cannot adopt writer %s: %s", t.id, exc)
+            return
+        t.files.path = target
+        t.adopted_at = self.clock()
+        t.same_kernel_dead = self.judge.same_kernel(t.files.meta or {})
+        t.exhausted = False
+        t.next_check = 0.0
+        self.judge.forget(t.id)
+        self.health.adopted += 1
+        logger.info("distwal: adopted dead writer %s (rank %s)", t.id, (t.files.meta or {}).get("rank"))
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _collect(self) -> tuple[Batch, dict[str, list[_Span]]] | None:
+        chunks: list[Chunk] = []
+        spans: dict[str, list[_Span]] = {}
+        count = size = 0
+        now = self.clock()
+        for _ in range(len(self._order)):
+            writer_id = self._order[0]
+            self._order.rotate(-1)
+            t = self.writers.get(writer_id)
+            if t is None or now < t.next_check:
+                continue
+            got = 0
+            for item in self._items(t):
+                if isinstance(item, Damage):
+                    if not self._skip_damage(t, item):
+                        break
+                    continue
+                start = max(0, t.pos.seq + 1 - item.first_seq)
+                if start >= len(item.lines):
+                    continue
+                take = min(len(item.lines) - start, self.batch_records - count)
+                lines = item.lines[start : start + take]
+                chunks.append(
+                    Chunk(t.id, t.files.meta or {}, t.files.envelope_prefix(), item.first_seq + start,
+                          item.ts[start : start + take], lines)
+                )
+                spans.setdefault(t.id, []).append(
+                    _Span(item.first_seq, item.last_seq, item.segment, item.offset, item.end)
+                )
+                count += take
+                got += take
+                size += sum(map(len, lines))
+                if count >= self.batch_records or size >= self.batch_bytes:
+                    break
+            self._note_activity(t, got, now)
+            if count >= self.batch_records or size >= self.batch_bytes:
+                break
+        if not chunks:
+            return None
+        return Batch(self.lease.epoch, self.domain, tuple(chunks)), spans
+
+    def _note_activity(self, t: Tracked, got: int, now: float) -> None:
+        if got:
+            t.idle_since, t.next_check, t.exhausted = None, 0.0, False
+            return
+        t.exhausted = True
+        if t.idle_since is None:
+            t.idle_since = now
+        # An idle live writer is looked at less and less often, up to once a second.
+        t.next_check = now + min(MAX_IDLE_BACKOFF, (now - t.idle_since) / 4)
+        if t.finished is not None or t.adopted_at is not None:
+            t.next_check = now
+
+    def _items(self, t: Tracked) -> Iterator[Block | Damage]:
+        """Blocks and damage from the writer's cursor on, across segments."""
+        segment, offset = t.pos.segment, t.pos.offset
+        while True:
+            fd = _layout.open_regular(t.dir_fd, _layout.format_segment_name(segment))
+            if fd is None:
+                later = self._later_segment(t, segment)
+                if later is None:
+                    return
+                if offset or t.pos.seq:
+                    logger.error(
+                        "distwal: writer %s: cursor points into missing segment %08x; resuming at %08x",
+                        t.id, segment, later,
+                    )
+                self._move(t, replace(t.pos, segment=later, offset=0))
+                segment, offset = later, 0
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                yield from read_segment(fd, segment, offset)
+            finally:
+                os.close(fd)
+            if not _layout.exists(t.dir_fd, _layout.format_segment_name(segment + 1)):
+                return
+            # Sealed: once everything in it is acknowledged, the cursor moves to the next one.
+            if t.pos.segment == segment and t.pos.offset >= size:
+                self._move(t, replace(t.pos, segment=segment + 1, offset=0))
+            segment, offset = segment + 1, 0
+
+    def _later_segment(self, t: Tracked, segment: int) -> int | None:
+        indexes = [i for i in map(_layout.parse_segment_name, os.listdir(t.dir_fd)) if i is not None and i > segment]
+        return min(indexes) if indexes else None
+
+    def _skip_damage(self, t: Tracked, damage: Damage) -> bool:
+        """Decide about a damaged span. True: skipped; False: wait, it may be unwritten yet."""
+        final = t.finished is not None or t.same_kernel_dead or (
+            t.adopted_at is not None and self.clock() - t.adopted_at >= 2 * self.judge.lease_s
+        )
+        resume = damage.end
+        if not final:
+            beat = self._heartbeat(t) or {}
+            mark = (int(beat.get("segment", 0)), int(beat.get("offset", 0)))
+            if (damage.segment, damage.start) >= mark:
+                return False  # above the durable watermark: not yet written
+            if damage.at_tail and mark[0] == damage.segment:
+                resume = mark[1]  # durable up to the mark, so a block starts there
+        if damage.at_tail and final:
+            self.health.torn_bytes += resume - damage.start
+            logger.info("distwal: writer %s: dropping a torn tail of %d bytes", t.id, resume - damage.start)
+        else:
+            self._quarantine(t, damage.segment, damage.start, resume)
+        if t.pos.segment == damage.segment and t.pos.offset <= damage.start:
+            self._move(t, replace(t.pos, offset=resume))
+        return True
+
+    def _quarantine(self, t: Tracked, segment: int, start: int, end: int) -> None:
+        name = f"{t.id}.{segment:08x}.{start}.bin"
+        src = _layout.open_regular(t.dir_fd, _layout.format_segment_name(segment))
+        if src is None:
+            return
+        try:
+            data = os.pread(src, end - start, start)
+        finally:
+            os.close(src)
+        qfd = _layout.open_dir(os.path.join(self.root, QUARANTINE))
+        try:
+            _layout.create_once(qfd, name, data, self.modes)
+        finally:
+            os.close(qfd)
+        t.quarantined += len(data)
+        self.health.quarantined_bytes += len(data)
+        logger.error("distwal: writer %s: %d corrupt bytes at %08x:%d quarantined", t.id, len(data), segment, start)
+
+    def _heartbeat(self, t: Tracked) -> dict[str, Any] | None:
+        return _layout.read_json_quietly(t.dir_fd, _layout.HEARTBEAT)
+
+    def _move(self, t: Tracked, pos: Position) -> None:
+        t.pos = pos
+        self.book[t.id] = pos
+        self._book_dirty = True
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _deliver(self, batch: Batch, spans: dict[str, list[_Span]]) -> int:
+        """Send `batch` (splitting and bisecting as the sink asks); save cursors for what was acked."""
+        acked: dict[str, int] = {}
+        dead: dict[str, list[int]] = {}
+        try:
+            self._send(batch, acked, dead)
+            self._backoff = BACKOFF_MIN
+            self.health.state = "ok"
+        except SinkPaused as exc:
+            self._fail("paused", exc, PAUSED_RETRY)
+        except SinkUnavailable as exc:
+            self._fail("retrying", exc, exc.retry_after)
+        if not acked:
+            return 0
+        self._advance(acked, dead, spans)
+        count = sum(
+            max(0, min(chunk.last_seq, acked.get(chunk.writer, 0)) - chunk.first_seq + 1) for chunk in batch.chunks
+        )
+        self.health.acked_records += count
+        return count
+
+    def _send(self, batch: Batch, acked: dict[str, int], dead: dict[str, list[int]]) -> None:
+        if not self.lease.valid():
+            raise LostLeadership(self.lease.lost or "lease expired")
+        try:
+            self.sink.write(batch)
+        except StaleEpoch as exc:
+            raise LostLeadership(f"the sink refused epoch {batch.epoch}: {exc}") from None
+        except (SinkTooLarge, SinkRejected) as exc:
+            if len(batch) > 1:
+                for half in batch.halves():
+                    self._send(half, acked, dead)
+                return
+            self._dead_letter(batch, exc)
+            for chunk in batch.chunks:
+                dead.setdefault(chunk.writer, []).append(chunk.first_seq)
+        for chunk in batch.chunks:
+            if len(chunk):
+                acked[chunk.writer] = max(acked.get(chunk.writer, 0), chunk.last_seq)
+        self.health.acked_batches += 1
+        self.health.last_success = time.time()
+
+    def _fail(self, state: str, exc: Exception, retry_after: float | None) -> None:
+        self.health.state = state
+        self.health.errors += 1
+        self.health.retries += 1
+        self.health.last_error = str(exc)
+        delay = retry_after if retry_after is not None else self._backoff * random.uniform(0.5, 1.5)
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+        self._retry_at = self.clock() + delay
+        logger.warning("distwal: sink %s: %s; retrying in %.1fs", state, exc, delay)
+
+    def _dead_letter(self, batch: Batch, exc: Exception) -> None:
+        """Keep an envelope the sink refuses for good, durably, where status shows it."""
+        for chunk in batch.chunks:
+            path = os.path.join(self.root, DEADLETTERS)
+            fd = _layout.open_dir(path)
+            try:
+                name = f"{chunk.writer}.ndjson"
+                file_fd = os.open(
+                    name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, self.modes.file,
+                    dir_fd=fd,
+                )
+                try:
+                    for envelope in chunk.envelopes():
+                        line = orjson.dumps({"reason": str(exc)[:500], "envelope": orjson.Fragment(envelope)})
+                        _layout.write_all(file_fd, line + b"\n")
+                    os.fsync(file_fd)
+                finally:
+                    os.close(file_fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.health.dead_letters += len(chunk)
+            logger.error("distwal: sink refused %s seq %d for good: kept as a dead letter", chunk.writer, chunk.first_seq)
+
+    def _advance(self, acked: dict[str, int], dead: dict[str, list[int]], spans: dict[str, list[_Span]]) -> None:
+        """Cursor book first (durable), then unlink the segments it no longer needs."""
+        for writer_id, seq in acked.items():
+            t = self.writers.get(writer_id)
+            if t is None:
+                continue
+            segment, offset = t.pos.segment, t.pos.offset
+            for span in spans.get(writer_id, ()):
+                if span.first <= seq <= span.last:
+                    segment, offset = span.segment, span.end if seq == span.last else span.offset
+            refused = dead.get(writer_id, [])
+            self._move(t, Position(seq, segment, offset, t.pos.dead + len(refused), max([t.pos.dead_max, *refused])))
+        self._save_book()
+        for writer_id in acked:
+            t = self.writers.get(writer_id)
+            if t is not None:
+                self._unlink_acknowledged_segments(t)
+
+    def _save_book(self) -> None:
+        if not self._book_dirty:
+            return
+        write_cursors(self.root, self.book, self.lease.epoch, self.modes)
+        self._book_dirty = False
+
+    def _unlink_acknowledged_segments(self, t: Tracked) -> None:
+        for name in os.listdir(t.dir_fd):
+            index = _layout.parse_segment_name(name)
+            if index is not None and index < t.pos.segment:
+                try:
+                    os.unlink(name, dir_fd=t.dir_fd)
+                except FileNotFoundError:
+                    pass
+
+    # -- retiring ------------------------------------------------------------------------
+
+    def _retire(self) -> None:
+        """Remove finished or adopted writers whose records are all delivered."""
+        for t in list(self.writers.values()):
+            if not t.exhausted:
+                continue
+            if t.finished is not None:
+                if t.pos.seq < int(t.finished.get("seq", 0)):
+                    continue
+            elif t.adopted_at is None:
+                continue
+            elif not t.same_kernel_dead and self.clock() - t.adopted_at < 2 * self.judge.lease_s:
+                continue  # another host's writer may be slow, not dead: keep reading its folder
+            self._remove(t)
+
+    def _remove(self, t: Tracked) -> None:
+        self._save_book()  # the cursor is durable before the files it covers go
+        tombstone = {
+            "writer": t.id,
+            "meta": t.files.meta,
+            "finish": t.finished,
+            "state": "finished" if t.finished is not None else "adopted",
+            "acked_seq": t.pos.seq,
+            "dead_letters": t.pos.dead,
+            "quarantined_bytes": t.quarantined,
+            "removed": time.time(),
+        }
+        hfd = _layout.open_dir(os.path.join(self.root, HISTORY))
+        try:
+            _layout.write_atomic(hfd, f"{t.id}.json", orjson.dumps(tombstone), self.modes)
+        finally:
+            os.close(hfd)
+        path = t.files.path
+        t.close()
+        shutil.rmtree(path, ignore_errors=True)
+        _layout.fsync_path(os.path.dirname(path))
+        del self.writers[t.id]
+        self.judge.forget(t.id)
+        if t.id in self.book:
+            del self.book[t.id]
+            self._book_dirty = True
+        self.health.retired += 1
+
+    # -- status ------------------------------------------------------------------------
+
+    def _write_health(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now < self._next_health:
+            return
+        self._next_health = now + HEALTH_EVERY
+        h = self.health
+        body = {
+            "epoch": self.lease.epoch,
+            "owner": self.lease.owner,
+            "sink": _redact(self.sink_url),
+            "state": h.state,
+            "errors": h.errors,
+            "retries": h.retries,
+            "last_error": h.last_error,
+            "last_success": h.last_success,
+            "acked_records": h.acked_records,
+            "acked_batches": h.acked_batches,
+            "dead_letters": h.dead_letters,
+            "quarantined_bytes": h.quarantined_bytes,
+            "torn_bytes": h.torn_bytes,
+            "adopted": h.adopted,
+            "retired": h.retired,
+            "writers": len(self.writers),
+            "started": h.started,
+            "ts": time.time(),
+        }
+        try:
+            fd = _layout.open_dir(self.root)
+            try:
+                _layout.write_atomic(fd, HEALTH, orjson.dumps(body), self.modes, durable=False)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            logger.debug("distwal: cannot write %s: %s", HEALTH, exc)
+
+    def close(self) -> None:
+        try:
+            self._save_book()
+        finally:
+            for t in self.writers.values():
+                t.close()
+            self.sink.close()
+
+
+def _redact(url: str) -> str:
+    from ._config import _redact as redact
+
+    return redact(url)
+
+
+__all__ = ["ENVELOPE_KEYS", "LostLeadership", "Sender"]

@@ -1,0 +1,34 @@
+"""Sinks: where the leader ships records. Look one up by URL with sink_from_url()."""
+
+from __future__ import annotations
+
+from .._exceptions import ConfigError
+from ._base import Batch, Chunk, MockSink, Sink
+
+__all__ = ["Batch", "Chunk", "MockSink", "Sink", "sink_from_url"]
+
+
+def sink_from_url(url: str) -> Sink:
+    """The sink for `url`: http(s)://..., sqlite:///path/to.db or jsonl:///path/to/file.jsonl."""
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("http", "https"):
+        from .http import HTTPSink
+
+        return HTTPSink(url)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteSink
+
+        return SQLiteSink(_local_path(url, rest))
+    if scheme == "jsonl":
+        from .jsonl import JSONLSink
+
+        return JSONLSink(_local_path(url, rest))
+    raise ConfigError(f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:/// or jsonl:///")
+
+
+def _local_path(url: str, rest: str) -> str:
+    # sqlite:///abs/path -> rest "/abs/path"; a host part is not supported.
+    if not rest.startswith("/"):
+        raise ConfigError(f"{url!r}: write an absolute path with three slashes, e.g. sqlite:///tmp/records.db")
+    return rest

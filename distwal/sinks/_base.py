@@ -1,0 +1,98 @@
+"""The sink interface: where shipped records end up. Sinks never see cursors or locks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Contiguous records of one writer: seq first_seq + i was logged at ts[i] as lines[i]."""
+
+    writer: str
+    meta: dict[str, Any]  # host, pid, rank, run, local_rank, attempt
+    prefix: bytes  # the envelope's constant head, `{"writer":...,"attempt":...,`
+    first_seq: int
+    ts: Sequence[float]
+    lines: Sequence[bytes]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.lines) - 1
+
+    def split(self, at: int) -> tuple[Chunk, Chunk]:
+        head = Chunk(self.writer, self.meta, self.prefix, self.first_seq, self.ts[:at], self.lines[:at])
+        tail = Chunk(self.writer, self.meta, self.prefix, self.first_seq + at, self.ts[at:], self.lines[at:])
+        return head, tail
+
+    def envelopes(self) -> Iterator[bytes]:
+        prefix, seq = self.prefix, self.first_seq
+        for ts, line in zip(self.ts, self.lines):
+            yield b'%s"seq":%d,"ts":%r,"data":%s}' % (prefix, seq, ts, line)
+            seq += 1
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Envelopes a leader sends in one request, with the epoch and domain that fence it."""
+
+    epoch: int
+    domain: str
+    chunks: tuple[Chunk, ...]
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+    def ndjson(self) -> bytes:
+        """The request body of ingest protocol v1: one envelope per line."""
+        return b"".join(envelope + b"\n" for chunk in self.chunks for envelope in chunk.envelopes())
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """Split in two by record count (for 413 and for bisecting a refused batch)."""
+        target = len(self) // 2
+        head: list[Chunk] = []
+        tail: list[Chunk] = []
+        taken = 0
+        for chunk in self.chunks:
+            if taken >= target:
+                tail.append(chunk)
+            elif taken + len(chunk) <= target:
+                head.append(chunk)
+            else:
+                first, second = chunk.split(target - taken)
+                head.append(first)
+                tail.append(second)
+            taken += len(chunk)
+        return Batch(self.epoch, self.domain, tuple(head)), Batch(self.epoch, self.domain, tuple(tail))
+
+
+class Sink:
+    """Where shipped records end up. Subclasses implement write(); close() is optional.
+
+    write() stores every envelope of the batch or raises a SinkError subclass. After a
+    leader change an envelope can arrive twice; (writer, seq) identifies it.
+    """
+
+    scheme: ClassVar[str] = ""
+
+    def write(self, batch: Batch) -> None:
+        raise NotImplementedError("The 'write' method must be implemented.")
+
+    def close(self) -> None:
+        pass
+
+
+class MockSink(Sink):
+    """A sink whose write() calls handler(batch): for tests, instead of monkeypatching."""
+
+    scheme = "mock"
+
+    def __init__(self, handler: Callable[[Batch], None]) -> None:
+        self.handler = handler
+
+    def write(self, batch: Batch) -> None:
+        self.handler(batch)

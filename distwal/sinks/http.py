@@ -1,0 +1,97 @@
+"""http(s)://...: the distwal ingest protocol v1 over httpx.
+
+Each batch is one POST of NDJSON envelopes (gzip by default) with the Distwal-Epoch and
+Distwal-Domain headers, and a bearer token from DISTWAL_TOKEN when set. The token lives
+only in the client's headers: never in a message, a log line or a file. TLS is verified.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from .._config import ENV_TOKEN
+from .._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
+from ._base import Batch, Sink
+
+DEFAULT_TIMEOUT = 30.0  # seconds per request
+
+
+class HTTPSink(Sink):
+    """POST batches to an ingest endpoint. Pass `client` (an httpx.Client) to customise transport."""
+
+    scheme = "http"
+
+    def __init__(
+        self,
+        url: str,
+        client: httpx.Client | None = None,
+        token: str | None = None,
+        compress: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.compress = compress
+        token = token if token is not None else os.environ.get(ENV_TOKEN) or None
+        headers = {"Content-Type": "application/x-ndjson", "User-Agent": "distwal/1"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client = client or httpx.Client(timeout=timeout, verify=True)
+        self._headers = headers
+
+    def write(self, batch: Batch) -> None:
+        body = batch.ndjson()
+        headers = dict(self._headers)
+        headers["Distwal-Epoch"] = str(batch.epoch)
+        headers["Distwal-Domain"] = batch.domain
+        if self.compress:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            response = self._client.post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise SinkUnavailable(f"{self._where()}: timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise SinkUnavailable(f"{self._where()}: {type(exc).__name__}: {exc}") from None
+        _raise_for(response, self._where())
+
+    def _where(self) -> str:
+        url = httpx.URL(self.url)
+        return f"{url.scheme}://{url.host}:{url.port or ''}{url.path}"
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _raise_for(response: httpx.Response, where: str) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    detail = f"{where} answered {status} {response.reason_phrase}: {response.text[:200]!r}"
+    if status == 409:
+        raise StaleEpoch(detail)
+    if status == 413:
+        raise SinkTooLarge(detail)
+    if status in (400, 422):
+        raise SinkRejected(detail)
+    if status in (401, 403, 404):
+        raise SinkPaused(detail)
+    raise SinkUnavailable(detail, retry_after=_retry_after(response.headers.get("Retry-After")))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,127 @@
+"""sqlite:///path/to.db: the embedded default sink, and the store behind `distwal serve`.
+
+Records are deduplicated on (writer, seq), and every write is fenced by epoch in the same
+transaction: a batch from a leader older than the newest one seen for its domain is
+refused (StaleEpoch). Rollback journal, not WAL mode: WAL needs shared memory, which NFS
+does not give. Only the leader opens the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from typing import Any, Iterable, Sequence
+
+from .._exceptions import ConfigError, SinkUnavailable, StaleEpoch
+from ._base import Batch, Sink
+
+logger = logging.getLogger("distwal")
+
+COLUMNS = ("writer", "seq", "ts", "host", "pid", "rank", "run", "local_rank", "attempt", "data")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    writer TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL, host TEXT, pid INTEGER,
+    rank INTEGER, run TEXT, local_rank INTEGER, attempt INTEGER, data TEXT NOT NULL,
+    PRIMARY KEY (writer, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fences (domain TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
+"""
+_INSERT = f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+Row = Sequence[Any]
+
+
+class RecordStore:
+    """A SQLite file of records, deduplicated on (writer, seq) and fenced by epoch per domain."""
+
+    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+        self.path = os.path.abspath(path)
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
+            raise ConfigError(f"sqlite sink {self.path}: directory {parent} does not exist; create it first")
+        if not os.path.exists(self.path):
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            except OSError as exc:
+                raise ConfigError(f"cannot create sqlite sink {self.path}: {exc.strerror}") from None
+        if _on_nfs(self.path):
+            logger.warning("distwal: sqlite sink %s is on NFS; SQLite locking there is unreliable", self.path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=DELETE")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def write(self, domain: str, epoch: int, rows: Iterable[Row]) -> int:
+        """Insert rows unless `epoch` is stale for `domain`; return how many were new."""
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    found = db.execute("SELECT epoch FROM fences WHERE domain = ?", (domain,)).fetchone()
+                    if found is not None and found[0] > epoch:
+                        raise StaleEpoch(f"epoch {epoch} is stale: the sink has seen epoch {found[0]}")
+                    if found is None or found[0] < epoch:
+                        db.execute("INSERT OR REPLACE INTO fences (domain, epoch) VALUES (?, ?)", (domain, epoch))
+                    before = db.total_changes
+                    db.executemany(_INSERT, rows)
+                    inserted = db.total_changes - before
+                    db.execute("COMMIT")
+                    return inserted
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise SinkUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class SQLiteSink(Sink):
+    """Ship into a local SQLite file (the default: <DISTWAL_DIR>/collected.db)."""
+
+    scheme = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.store = RecordStore(path)
+
+    def write(self, batch: Batch) -> None:
+        self.store.write(batch.domain, batch.epoch, _rows(batch))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _rows(batch: Batch) -> Iterable[Row]:
+    for chunk in batch.chunks:
+        m = chunk.meta
+        writer, host, pid, rank, run = chunk.writer, m.get("host"), m.get("pid"), m.get("rank"), m.get("run")
+        local_rank, attempt = m.get("local_rank"), m.get("attempt")
+        seq = chunk.first_seq
+        for ts, line in zip(chunk.ts, chunk.lines):
+            yield (writer, seq, ts, host, pid, rank, run, local_rank, attempt, line.decode())
+            seq += 1
+
+
+def _on_nfs(path: str) -> bool:
+    """True when `path` lies on an NFS mount (per /proc/mounts; False when unknown)."""
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return False
+    best, fstype = "", ""
+    for fields in mounts:
+        if len(fields) >= 3 and (path == fields[1] or path.startswith(fields[1].rstrip("/") + "/")):
+            if len(fields[1]) > len(best):
+                best, fstype = fields[1], fields[2]
+    return fstype.startswith("nfs")
