@@ -10,7 +10,16 @@
 from __future__ import annotations
 
 from ._api import current, finish, flush, init, log
-from ._exceptions import ClosedError, ConfigError, DistwalError, FullError, LayoutError
+from ._exceptions import (
+    ClosedError,
+    ConfigError,
+    DistwalError,
+    FullError,
+    LayoutError,
+    LeaderTimeout,
+    SinkError,
+)
+from ._status import status
 from ._writer import Writer
 
 __version__ = "0.1.0"
@@ -21,6 +30,8 @@ __all__ = [
     "DistwalError",
     "FullError",
     "LayoutError",
+    "LeaderTimeout",
+    "SinkError",
     "Writer",
     "__version__",
     "current",
@@ -28,4 +39,5 @@ __all__ = [
     "flush",
     "init",
     "log",
+    "status",
 ]

@@ -1,6 +1,7 @@
 """The directory layout, writer identity, and the careful file operations on it.
 
     <dir>/domain.json                     random id of this directory, fixed at creation
+    <dir>/adopted/, history/, deadletters/, quarantine/, sender.json   the leader's (see _sender)
     <dir>/writers/<writer-id>/meta.json   who wrote this folder (host, pid, rank, run, ...)
     <dir>/writers/<writer-id>/heartbeat.json   renewed by the writer; carries its durable watermark
     <dir>/writers/<writer-id>/finish.json      the finish mark: last seq and where it ends
@@ -27,6 +28,11 @@ import orjson
 from ._exceptions import ConfigError, LayoutError
 
 WRITERS = "writers"
+ADOPTED = "adopted"  # folders of dead writers, moved aside by the leader until delivered
+HISTORY = "history"  # tombstones of removed writers, for status
+DEADLETTERS = "deadletters"  # envelopes the sink refused for good, one file per writer
+QUARANTINE = "quarantine"  # copies of corrupt spans that were skipped
+SENDER = "sender.json"  # the leader's sink health, for status
 DOMAIN = "domain.json"
 META = "meta.json"
 HEARTBEAT = "heartbeat.json"

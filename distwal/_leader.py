@@ -191,7 +191,15 @@ class Elector:
         self._end_leadership(self._drain_timeout)
 
     def contend(self) -> bool:
-        """One attempt to become the leader. True when this process now leads."""
+        """One attempt to become the leader and start sending. True when this process leads."""
+        if not self.acquire():
+            return False
+        logger.info("distwal: %s leads with epoch %d", self.owner.get("owner"), self.epoch)
+        self.leadership = self._start(self.epoch)
+        return True
+
+    def acquire(self) -> bool:
+        """Take the lock (or a stale lease), check the sink, claim the next epoch, write the lease."""
         if time.monotonic() < self._resume_at or not self._may_lead():
             return False
         if not self.lock.try_acquire() and not self.watch.stale():
@@ -210,8 +218,6 @@ class Elector:
             return False
         self.epoch = claim_epoch(self.config.dir, self.owner, self.modes)
         LeaseKeeper(self.config.dir, self.epoch, self.owner, self.config.lease_s, self.modes).renew_if_due()
-        logger.info("distwal: %s leads with epoch %d", self.owner.get("owner"), self.epoch)
-        self.leadership = self._start(self.epoch)
         return True
 
     def supervise(self) -> None:

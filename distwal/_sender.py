@@ -24,7 +24,7 @@ from . import _layout
 from ._cursor import Position, read_cursors, write_cursors
 from ._election import LeaseKeeper
 from ._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
-from ._layout import Modes
+from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes
 from ._liveness import LivenessJudge
 from ._scan import ENVELOPE_KEYS, WriterFiles, load_writer
 from ._segment import Block, Damage, read_segment
@@ -32,11 +32,6 @@ from .sinks import Batch, Chunk, Sink
 
 logger = logging.getLogger("distwal")
 
-ADOPTED = "adopted"
-HISTORY = "history"
-DEADLETTERS = "deadletters"
-QUARANTINE = "quarantine"
-HEALTH = "sender.json"
 
 DEFAULT_BATCH_RECORDS = 20_000
 DEFAULT_BATCH_BYTES = 4 << 20
@@ -200,7 +195,7 @@ class Sender:
             collected = self._collect()
             if collected is not None:
                 acked = self._deliver(*collected)
-        self._retire()
+        self.retire()
         self._write_health()
         return acked
 
@@ -212,6 +207,15 @@ class Sender:
                     return False
                 if t.finished is not None and t.pos.seq < int(t.finished.get("seq", 0)):
                     return False
+        return True
+
+    def delivered_through(self, marks: dict[str, int]) -> bool:
+        """Every writer is acknowledged up to its mark, retired, or (if dead) read to its end."""
+        for writer_id, mark in marks.items():
+            t = self.writers.get(writer_id)
+            if t is None or t.pos.seq >= mark or (t.adopted_at is not None and t.exhausted):
+                continue
+            return False
         return True
 
     def pending_marks(self) -> dict[str, int]:
@@ -552,7 +556,7 @@ class Sender:
 
     # -- retiring ------------------------------------------------------------------------
 
-    def _retire(self) -> None:
+    def retire(self) -> None:
         """Remove finished or adopted writers whose records are all delivered."""
         for t in list(self.writers.values()):
             if not t.exhausted:
@@ -625,11 +629,11 @@ class Sender:
         try:
             fd = _layout.open_dir(self.root)
             try:
-                _layout.write_atomic(fd, HEALTH, orjson.dumps(body), self.modes, durable=False)
+                _layout.write_atomic(fd, SENDER, orjson.dumps(body), self.modes, durable=False)
             finally:
                 os.close(fd)
         except OSError as exc:
-            logger.debug("distwal: cannot write %s: %s", HEALTH, exc)
+            logger.debug("distwal: cannot write %s: %s", SENDER, exc)
 
     def close(self) -> None:
         try:

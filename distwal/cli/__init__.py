@@ -11,8 +11,11 @@ import sys
 from .._exceptions import ConfigError, LayoutError
 
 COMMANDS = {
-    "cat": "print the envelopes on disk as JSON lines",
+    "run": "run a job with its ranks logging into one directory, then drain",
     "status": "per-writer table of a directory",
+    "drain": "take leadership and deliver everything logged so far",
+    "serve": "the reference ingest server (protocol v1, SQLite-backed)",
+    "cat": "print the envelopes on disk as JSON lines",
 }
 
 USAGE = "usage: distwal <command> [options]\n\ncommands:\n" + "".join(

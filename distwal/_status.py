@@ -1,0 +1,233 @@
+"""distwal.status(dir): what a directory holds, read without taking any lock.
+
+Works during a job and after it, on a directory of any age. The result is plain data
+(the schema of `distwal status --json`, documented in docs/STATUS.md):
+
+    {"dir", "domain", "now", "sink", "leader", "sender", "writers": [...], "history": [...],
+     "dead_letters", "quarantined_bytes", "totals"}
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from . import _layout
+from ._config import _redact
+from ._cursor import Position, read_cursors
+from ._election import read_lease, recorded_sink
+from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity
+from ._liveness import probe_process
+from ._scan import WriterFiles, load_writer
+
+
+
+def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Per-writer status of a distwal directory, as plain data (see the module docstring)."""
+    root = os.path.abspath(os.fspath(dir))
+    if not os.path.isdir(os.path.join(root, _layout.WRITERS)):
+        from ._exceptions import LayoutError
+
+        raise LayoutError(f"{root} is not a distwal directory (no {_layout.WRITERS}/ inside)")
+    now = time.time()
+    me = Identity.of_this_process()
+    book = read_cursors(root)
+    lease = read_lease(root)
+    health = _read(root, SENDER)
+    lease_s = float((lease or {}).get("lease_s") or 15.0)
+    writers = []
+    for sub, adopted in ((_layout.WRITERS, False), (ADOPTED, True)):
+        for files in _folders(os.path.join(root, sub)):
+            writers.append(_writer_row(files, book.get(files.id, Position()), adopted, now, me, lease_s))
+    history = [_history_row(t) for t in _tombstones(root)]
+    dead_letters = _count_lines(os.path.join(root, DEADLETTERS))
+    leader = None
+    if lease is not None:
+        leader = {
+            "epoch": lease.get("epoch"),
+            "owner": lease.get("owner"),
+            "kind": lease.get("kind"),
+            "host": lease.get("host"),
+            "pid": lease.get("pid"),
+            "renewals": lease.get("n"),
+            "heartbeat_age": _age(now, lease.get("ts")),
+            "alive": (_age(now, lease.get("ts")) or 0.0) < lease_s,
+        }
+    return {
+        "dir": root,
+        "domain": (_read(root, _layout.DOMAIN) or {}).get("domain"),
+        "now": now,
+        "sink": _redact(recorded_sink(root) or "") or None,
+        "leader": leader,
+        "sender": health,
+        "writers": writers,
+        "history": history,
+        "dead_letters": dead_letters,
+        "quarantined_bytes": _dir_bytes(os.path.join(root, QUARANTINE)),
+        "totals": {
+            "writers": len(writers),
+            "records": sum(w["records"] for w in writers) + sum(h["records"] for h in history),
+            "pending_records": sum(w["pending_records"] for w in writers),
+            "pending_bytes": sum(w["pending_bytes"] for w in writers),
+            "acked_records": sum(w["acked_seq"] for w in writers) + sum(h["acked_seq"] for h in history),
+        },
+    }
+
+
+def _writer_row(
+    files: WriterFiles, pos: Position, adopted: bool, now: float, me: Identity, lease_s: float
+) -> dict[str, Any]:
+    meta = files.meta or {}
+    beat = files.heartbeat or {}
+    finish = files.finish
+    records = int((finish or {}).get("seq") or beat.get("durable_seq") or 0)
+    logged = int(beat.get("seq") or records)
+    age = _age(now, beat.get("ts"))
+    if adopted:
+        state = "adopted"
+    elif finish is not None:
+        state = "finished"
+    else:
+        state = _live_state(meta, age, me, lease_s)
+    return {
+        "writer": files.id,
+        "rank": meta.get("rank"),
+        "local_rank": meta.get("local_rank"),
+        "host": meta.get("host"),
+        "pid": meta.get("pid"),
+        "run": meta.get("run"),
+        "attempt": meta.get("attempt"),
+        "state": state,
+        "records": max(records, logged, pos.seq),
+        "durable_seq": records,
+        "acked_seq": pos.seq,
+        "pending_records": max(0, records - pos.seq),
+        "pending_bytes": _pending_bytes(files.path, pos),
+        "dead_letters": pos.dead,
+        "dropped": int(beat.get("dropped") or (finish or {}).get("dropped") or 0),
+        "heartbeat_age": age,
+        "error": beat.get("error"),
+        "started": meta.get("started"),
+    }
+
+
+def _live_state(meta: dict[str, Any], age: float | None, me: Identity, lease_s: float) -> str:
+    """live, dead (proven on this host), or stale (no heartbeat for a lease, another host)."""
+    if meta.get("boot_id") == me.boot_id and meta.get("pid_ns") == me.pid_ns:
+        try:
+            alive = probe_process(int(meta["pid"]), float(meta["create_time"]), thorough=True)
+        except (KeyError, TypeError, ValueError):
+            alive = None
+        return "dead" if alive is False else "live"
+    return "stale" if age is not None and age > lease_s else "live"
+
+
+def _history_row(tomb: dict[str, Any]) -> dict[str, Any]:
+    meta = tomb.get("meta") or {}
+    finish = tomb.get("finish") or {}
+    return {
+        "writer": tomb.get("writer"),
+        "rank": meta.get("rank"),
+        "local_rank": meta.get("local_rank"),
+        "host": meta.get("host"),
+        "pid": meta.get("pid"),
+        "run": meta.get("run"),
+        "attempt": meta.get("attempt"),
+        "state": tomb.get("state"),
+        "records": int(finish.get("seq") or tomb.get("acked_seq") or 0),
+        "acked_seq": int(tomb.get("acked_seq") or 0),
+        "dead_letters": int(tomb.get("dead_letters") or 0),
+        "removed": tomb.get("removed"),
+    }
+
+
+def _folders(parent: str) -> list[WriterFiles]:
+    try:
+        fd = _layout.open_dir(parent)
+    except OSError:
+        return []
+    try:
+        found = []
+        for name in sorted(os.listdir(fd)):
+            if _layout.is_writer_id(name):
+                files = load_writer(fd, name, os.path.join(parent, name))
+                if files is not None:
+                    found.append(files)
+        return found
+    finally:
+        os.close(fd)
+
+
+def _tombstones(root: str) -> list[dict[str, Any]]:
+    path = os.path.join(root, HISTORY)
+    try:
+        fd = _layout.open_dir(path)
+    except OSError:
+        return []
+    try:
+        found = []
+        for name in sorted(os.listdir(fd)):
+            if name.endswith(".json"):
+                tomb = _layout.read_json_quietly(fd, name)
+                if tomb is not None:
+                    found.append(tomb)
+        return found
+    finally:
+        os.close(fd)
+
+
+def _pending_bytes(path: str, pos: Position) -> int:
+    total = 0
+    try:
+        for name in os.listdir(path):
+            index = _layout.parse_segment_name(name)
+            if index is None or index < pos.segment:
+                continue
+            size = os.lstat(os.path.join(path, name)).st_size
+            total += max(0, size - pos.offset) if index == pos.segment else size
+    except OSError:
+        pass
+    return total
+
+
+def _count_lines(path: str) -> int:
+    try:
+        dir_fd = _layout.open_dir(path)
+    except OSError:
+        return 0
+    total = 0
+    try:
+        for name in os.listdir(dir_fd):
+            fd = _layout.open_regular(dir_fd, name)
+            if fd is not None:
+                with os.fdopen(fd, "rb") as f:
+                    total += sum(1 for _ in f)
+    finally:
+        os.close(dir_fd)
+    return total
+
+
+def _dir_bytes(path: str) -> int:
+    try:
+        return sum(os.lstat(os.path.join(path, name)).st_size for name in os.listdir(path))
+    except OSError:
+        return 0
+
+
+def _read(root: str, name: str) -> dict[str, Any] | None:
+    try:
+        fd = _layout.open_dir(root)
+    except OSError:
+        return None
+    try:
+        return _layout.read_json_quietly(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _age(now: float, ts: Any) -> float | None:
+    try:
+        return round(max(0.0, now - float(ts)), 3)
+    except (TypeError, ValueError):
+        return None

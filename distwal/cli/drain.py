@@ -1,0 +1,69 @@
+"""`distwal drain [DIR] [--sink URL] [--timeout S]`: deliver everything logged so far.
+
+Takes leadership (waiting for it), notes each writer's last durable seq, adopts dead
+writers (never live ones), and sends. Exit 0 once everything up to those marks is
+acknowledged, 1 at the timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .._config import Config
+from .._election import LeaseWatch
+from .._layout import Identity, Modes, check_dir, ensure_domain
+from .._leader import Elector, build_sender
+from ._common import require_run_dir, resolve_dir
+
+POLL = 0.2  # seconds between attempts to take leadership
+
+
+def run(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="distwal drain", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", nargs="?", help="the distwal directory (default: $DISTWAL_DIR or ./.distwal)")
+    parser.add_argument("--sink", help="sink URL (default: $DISTWAL_SINK, else the directory's SQLite file)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up (default 300)")
+    opts = parser.parse_args(args)
+
+    root = require_run_dir(resolve_dir(opts.dir))
+    check_dir(root)
+    config = Config.load(dir=root, sink=opts.sink)
+    domain = ensure_domain(root, Modes.for_config(config.shared_group))
+    identity = Identity.of_this_process()
+    owner = {"owner": f"drain-{identity.host}-{identity.pid}", "kind": "drain", "host": identity.host,
+             "pid": identity.pid}
+    elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
+    deadline = time.monotonic() + opts.timeout
+    waiting = LeaseWatch(root, config.lease_s)
+    while not elector.acquire():
+        if time.monotonic() >= deadline:
+            print(f"distwal drain: another process leads {root} (lease moving for {waiting.silent_for():.0f}s "
+                  "without a change counted); stop it or wait, then retry", file=sys.stderr)
+            return 1
+        time.sleep(POLL)
+    sender = build_sender(config, elector.epoch, owner, domain, identity)
+    try:
+        sender._discover()
+        marks = sender.pending_marks()
+        print(f"distwal drain: leading {root} with epoch {elector.epoch}; {len(marks)} writers, "
+              f"{sum(marks.values())} records up to their marks", file=sys.stderr)
+        while True:
+            sent = sender.cycle()
+            if sender.delivered_through(marks):
+                break
+            if sender.lease.lost or time.monotonic() >= deadline:
+                reason = sender.lease.lost or f"timeout after {opts.timeout:.0f}s"
+                print(f"distwal drain: not everything was delivered: {reason}; sink state "
+                      f"{sender.health.state}: {sender.health.last_error}", file=sys.stderr)
+                return 1
+            if not sent:
+                time.sleep(0.05)
+        sender.retire()
+        print(f"distwal drain: delivered; {sender.health.acked_records} records acknowledged, "
+              f"{sender.health.dead_letters} dead letters", file=sys.stderr)
+        return 0
+    finally:
+        sender.close()
+        elector.lock.release()

@@ -1,0 +1,40 @@
+"""`distwal serve [--db PATH] [--host H] [--port P]`: the reference ingest server.
+
+If DISTWAL_TOKEN (or the variable named by --token-env) is set, requests must carry it
+as a bearer token. The token is read from the environment, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from .._server import IngestServer
+
+
+def run(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="distwal serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default="distwal-serve.db", help="SQLite file to store records in")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
+    parser.add_argument("--token-env", default="DISTWAL_TOKEN", help="environment variable holding the token")
+    opts = parser.parse_args(args)
+    token = os.environ.get(opts.token_env) or None
+    try:
+        server = IngestServer(opts.db, opts.host, opts.port, token)
+    except OSError as exc:
+        print(f"distwal serve: cannot listen on {opts.host}:{opts.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"distwal serve: listening on {server.url} (db {server.store.path})", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, name="distwal-serve", daemon=True)
+    thread.start()
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    return 0
