@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_DIR := .distwal-demo
+
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	rm -rf $(DEMO_DIR)
+	$(BIN)/distwal run --dir $(DEMO_DIR) -- $(BIN)/python examples/demo_job.py --ranks 4 --steps 5000
+	$(BIN)/distwal status $(DEMO_DIR)
+	$(BIN)/python examples/readback.py $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -27,4 +32,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .distwal .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .distwal $(DEMO_DIR) .pytest_cache .hypothesis build *.egg-info

@@ -158,6 +158,22 @@ def read_lease(root: str) -> dict[str, Any] | None:
     return lease if isinstance(lease, dict) else None
 
 
+def release_lease(root: str, epoch: int, modes: Modes) -> None:
+    """Mark our lease released, for status; only if no newer leader has replaced it."""
+    lease = read_lease(root)
+    if lease is None or int(lease.get("epoch", 0)) != epoch:
+        return
+    lease.update(released=True, ts=time.time())
+    try:
+        fd = _layout.open_dir(root)
+        try:
+            _layout.write_atomic(fd, LEASE, orjson.dumps(lease), modes, durable=False)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
 def recorded_sink(root: str) -> str | None:
     fd = _layout.open_dir(root)
     try:

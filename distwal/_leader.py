@@ -20,7 +20,15 @@ from typing import Any, Callable, Protocol
 import orjson
 
 from ._config import Config
-from ._election import LeaderLock, LeaseKeeper, LeaseWatch, claim_epoch, highest_epoch, record_sink
+from ._election import (
+    LeaderLock,
+    LeaseKeeper,
+    LeaseWatch,
+    claim_epoch,
+    highest_epoch,
+    record_sink,
+    release_lease,
+)
 from ._layout import Identity, Modes
 from ._liveness import LivenessJudge
 from ._sender import Sender
@@ -72,8 +80,12 @@ class ThreadLeadership:
         return self._thread.is_alive()
 
     def drain(self, timeout: float) -> None:
-        self._deadline = self.sender.clock() + timeout
+        self.request_drain(timeout)
         self._thread.join(timeout + 5)
+
+    def request_drain(self, timeout: float) -> None:
+        """Ship what finished and dead writers left, then end; do not wait for it."""
+        self._deadline = self.sender.clock() + timeout
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
@@ -253,6 +265,7 @@ class Elector:
             else:
                 leadership.stop(5.0)
             self._step_down()
+            release_lease(self.config.dir, self.epoch, self.modes)
         self.lock.release()
 
     def forget_after_fork(self) -> None:

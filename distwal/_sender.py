@@ -209,6 +209,13 @@ class Sender:
                     return False
         return True
 
+    def progress(self) -> dict[str, int]:
+        """Acknowledged so far, and what finished writers still have to deliver."""
+        pending = sum(
+            max(0, int(t.finished.get("seq", 0)) - t.pos.seq) for t in self.writers.values() if t.finished is not None
+        )
+        return {"acked_records": self.health.acked_records, "pending_records": pending, "writers": len(self.writers)}
+
     def delivered_through(self, marks: dict[str, int]) -> bool:
         """Every writer is acknowledged up to its mark, retired, or (if dead) read to its end."""
         for writer_id, mark in marks.items():

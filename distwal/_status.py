@@ -52,7 +52,7 @@ def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
             "pid": lease.get("pid"),
             "renewals": lease.get("n"),
             "heartbeat_age": _age(now, lease.get("ts")),
-            "alive": (_age(now, lease.get("ts")) or 0.0) < lease_s,
+            "alive": not lease.get("released") and (_age(now, lease.get("ts")) or 0.0) < lease_s,
         }
     return {
         "dir": root,

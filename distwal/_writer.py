@@ -134,6 +134,7 @@ class Writer:
 
     def _make_elector(self) -> Any:
         from ._leader import Elector, ProcessLeadership
+        from .launch.run import ENV_PREFERRED, preferred_alive
 
         owner = {
             "owner": self.id,
@@ -142,8 +143,16 @@ class Writer:
             "pid": self.identity.pid,
             "rank": self.meta["rank"],
         }
-        config, domain = self.config, self.domain
-        return Elector(config, self.identity, owner, domain, lambda epoch: ProcessLeadership(config, epoch, owner, domain)).start()
+        config, domain, identity = self.config, self.domain, self.identity
+        preferred = os.environ.get(ENV_PREFERRED, "")
+
+        def may_lead() -> bool:  # defer to a live `distwal run` sidecar
+            return not preferred or not preferred_alive(preferred, identity)
+
+        def start(epoch: int) -> ProcessLeadership:
+            return ProcessLeadership(config, epoch, owner, domain)
+
+        return Elector(config, identity, owner, domain, start, may_lead).start()
 
     # -- the caller's side --------------------------------------------------------------
 

@@ -1,0 +1,117 @@
+"""`distwal run -- CMD`: the sidecar that wraps a job and is its preferred leader.
+
+It exports DISTWAL_DIR, DISTWAL_SINK and DISTWAL_RUN_ID (and itself as the preferred
+leader) to CMD's processes, leads while it lives (ranks defer to it, and take over if it
+dies), forwards SIGINT and SIGTERM to CMD's process group, and once CMD exits drains
+what the ranks left until everything is delivered or the drain timeout passes. It exits
+with CMD's exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from .._config import Config
+from .._layout import Identity, Modes, ensure_domain, prepare_dir
+from .._leader import Elector, ThreadLeadership, build_sender
+
+logger = logging.getLogger("distwal")
+
+ENV_PREFERRED = "DISTWAL_PREFERRED_LEADER"  # "boot_id:pid_ns:pid:create_time" of the sidecar
+DEFAULT_DRAIN_TIMEOUT = 120.0  # seconds
+_FORWARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+def format_preferred(identity: Identity) -> str:
+    return f"{identity.boot_id}:{identity.pid_ns}:{identity.pid}:{identity.create_time}"
+
+
+def preferred_alive(value: str, me: Identity) -> bool:
+    """True while the preferred leader named by `value` runs (only provable on our kernel)."""
+    from .._liveness import probe_process
+
+    try:
+        boot_id, pid_ns, pid, create_time = value.split(":")
+        if boot_id != me.boot_id or int(pid_ns) != me.pid_ns:
+            return False  # another host's sidecar: our own node has its own, or none
+        return probe_process(int(pid), float(create_time), thorough=False) is not False
+    except ValueError:
+        return False
+
+
+def run_command(
+    config: Config,
+    command: list[str],
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Run `command` as a job whose ranks log into config.dir; return its exit code."""
+    modes = Modes.for_config(config.shared_group)
+    prepare_dir(config.dir, modes)
+    domain = ensure_domain(config.dir, modes)
+    identity = Identity.of_this_process()
+    owner = {"owner": f"sidecar-{identity.host}-{identity.pid}", "kind": "sidecar", "host": identity.host,
+             "pid": identity.pid}
+    elector = Elector(
+        config, identity, owner, domain,
+        start=lambda epoch: ThreadLeadership(build_sender(config, epoch, owner, domain, identity)),
+    )
+    elector.contend()  # lead from the start when we can, so ranks defer at once
+    elector.start()
+
+    env = dict(os.environ)
+    config.export(env)
+    env[ENV_PREFERRED] = format_preferred(identity)
+    try:
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+    except OSError as exc:
+        elector.stop()
+        print(f"distwal run: cannot start {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+    previous = {signum: signal.signal(signum, _forward_to(child)) for signum in _FORWARDED}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    drained = _drain(elector, drain_timeout, progress)
+    if not drained:
+        print(f"distwal run: not everything was delivered within {drain_timeout:.0f}s; it stays in "
+              f"{config.dir}: run `distwal drain {config.dir}` or `distwal status {config.dir}`", file=sys.stderr)
+    return code if code >= 0 else 128 - code
+
+
+def _forward_to(child: subprocess.Popen[bytes]) -> Callable[[int, Any], None]:
+    def forward(signum: int, frame: Any) -> None:
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    return forward
+
+
+def _drain(elector: Elector, timeout: float, progress: Callable[[dict[str, Any]], None] | None) -> bool:
+    """After the job: become the leader if needed, then ship until drained or the timeout."""
+    deadline = time.monotonic() + timeout
+    while elector.leadership is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # the elector thread contends; the ranks are gone, so it will win
+    leadership = elector.leadership
+    if not isinstance(leadership, ThreadLeadership):
+        elector.stop()
+        return False
+    sender = leadership.sender
+    leadership.request_drain(max(0.0, deadline - time.monotonic()))
+    while leadership.alive():
+        if progress is not None:
+            progress(sender.progress())
+        time.sleep(0.2)
+    outcome = leadership.outcome
+    elector.stop()
+    return outcome == "drained"
