@@ -97,13 +97,25 @@ class Writer:
     def _open(self) -> None:
         """Claim a new identity and folder, write the metadata, start the flusher."""
         self.identity = Identity.of_this_process()
-        self.id = _layout.format_writer_id(self.identity)
         self._pid = self.identity.pid
-        writers_fd = _layout.open_dir(os.path.join(self.config.dir, _layout.WRITERS))
+        self._claim_folder(first_seq=1)
+        self._thread = threading.Thread(target=self._run, name="distwal-flusher", daemon=True)
+        self._thread.start()
+        if not self.config.disable_sender:
+            self._elector = self._make_elector()
+        _hooks.attach(self)
+
+    def _claim_folder(self, first_seq: int, continues: str | None = None) -> None:
+        """Create writers/<new id>/ with its metadata, first segment and heartbeat."""
+        self.id = _layout.format_writer_id(self.identity)
+        self._path = os.path.join(self.config.dir, _layout.WRITERS, self.id)
+        writers_fd = _layout.open_dir(os.path.dirname(self._path))
         try:
             self._dir_fd = _layout.make_subdir(writers_fd, self.id, self._modes)
         finally:
             os.close(writers_fd)
+        st = os.fstat(self._dir_fd)
+        self._dir_key = (st.st_dev, st.st_ino)
         rank = rank_from_env()
         self.meta = {
             "version": 1,
@@ -121,16 +133,38 @@ class Writer:
             "run": self.config.run_id,
             "domain": self.domain,
             "durability": self.config.durability,
+            "first_seq": first_seq,
+            "continues": continues,
             "started": time.time(),
         }
         _layout.write_atomic(self._dir_fd, _layout.META, orjson.dumps(self.meta), self._modes)
         self._segments = SegmentWriter(self._dir_fd, self._modes, self.config.segment_bytes)
+        self._durable_at = (0, 0)
         self._write_heartbeat("live")
-        self._thread = threading.Thread(target=self._run, name="distwal-flusher", daemon=True)
-        self._thread.start()
-        if not self.config.disable_sender:
-            self._elector = self._make_elector()
-        _hooks.attach(self)
+
+    def _adopted(self) -> bool:
+        """True when a leader moved our folder away, taking us for dead (another host's view)."""
+        try:
+            st = os.stat(self._path, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # cannot tell: carry on
+        return (st.st_dev, st.st_ino) != self._dir_key
+
+    def _reincarnate(self) -> None:
+        """Continue under a new identity after a wrongful adoption (flusher thread only).
+
+        What is durable in the old folder is the leader's to ship (it reads the folder
+        for twice the lease); what is not yet written goes to the new folder, keeping its
+        seqs, so the new writer's first seq is not 1 (meta.first_seq says where it starts).
+        """
+        old = self.id
+        if self._segments is not None:
+            self._segments.close()
+        os.close(self._dir_fd)
+        self._claim_folder(first_seq=self._durable_seq + 1, continues=old)
+        logger.warning("distwal: writer %s was adopted by the leader while alive; continuing as %s", old, self.id)
 
     def _make_elector(self) -> Any:
         from ._leader import Elector, ProcessLeadership
@@ -360,6 +394,8 @@ class Writer:
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + self.config.heartbeat_interval
                 try:
+                    if self._adopted():
+                        self._reincarnate()
                     self._write_heartbeat("live")
                 except OSError as exc:
                     self._note_error(exc)
