@@ -19,6 +19,7 @@ from ._exceptions import (
     LeaderTimeout,
     SinkError,
 )
+from ._handler import LoggingHandler
 from ._status import status
 from ._writer import Writer
 
@@ -31,6 +32,7 @@ __all__ = [
     "FullError",
     "LayoutError",
     "LeaderTimeout",
+    "LoggingHandler",
     "SinkError",
     "Writer",
     "__version__",
