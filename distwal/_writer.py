@@ -140,6 +140,9 @@ class Writer:
         _layout.write_atomic(self._dir_fd, _layout.META, orjson.dumps(self.meta), self._modes)
         self._segments = SegmentWriter(self._dir_fd, self._modes, self.config.segment_bytes)
         self._durable_at = (0, 0)
+        self._acked_at = (0, 0)  # (segment, offset) the sink has acknowledged, per the cursor book
+        self._segment_sizes: dict[int, int] = {}
+        self._pending_bytes = 0
         self._write_heartbeat("live")
 
     def _adopted(self) -> bool:
@@ -396,6 +399,8 @@ class Writer:
                 try:
                     if self._adopted():
                         self._reincarnate()
+                    if self.config.max_pending_bytes is not None:
+                        self._refresh_acked()
                     self._write_heartbeat("live")
                 except OSError as exc:
                     self._note_error(exc)
@@ -416,7 +421,7 @@ class Writer:
             ts_bytes = timestamps_bytes(ts)
             header = encode_header(first_seq, len(ts), ts_bytes, payload)
             self._unwritten.append((first_seq + len(ts) - 1, len(payload), [header, ts_bytes, payload]))
-        if not self._unwritten:
+        if not self._unwritten or self._over_pending_budget():
             return
         segments = self._segments
         assert segments is not None
@@ -424,6 +429,7 @@ class Writer:
         try:
             while self._unwritten:
                 last_seq, size, parts = self._unwritten[0]
+                self._segment_sizes[segments.index] = segments.offset
                 segments.append(parts)
                 self._unwritten.popleft()
                 written += size
