@@ -103,6 +103,8 @@ class Config:
             "run_id": run_id_from_env(env),
         }
         values.update(options)
+        if "max_record_bytes" not in options and "max_buffer_bytes" in options:
+            values["max_record_bytes"] = min(DEFAULT_MAX_RECORD_BYTES, options["max_buffer_bytes"])
         config = cls(dir=abs_dir, sink=sink, **values)
         config.validate()
         return config
