@@ -448,6 +448,32 @@ class Writer:
             self._progress.notify_all()
         self._last_error = None
 
+    def _over_pending_budget(self) -> bool:
+        """True while the bytes on disk not yet acknowledged exceed max_pending_bytes.
+
+        Nothing more is written then; the buffer fills and on_full applies. The acknowledged
+        position comes from the cursor book, refreshed with each heartbeat.
+        """
+        budget = self.config.max_pending_bytes
+        if budget is None or self._segments is None:
+            return False
+        sizes = self._segment_sizes
+        sizes[self._segments.index] = self._segments.offset
+        acked = self._acked_at
+        pending = sum(size for index, size in sizes.items() if index > acked[0])
+        pending += max(0, sizes.get(acked[0], 0) - acked[1])
+        self._pending_bytes = pending
+        return pending >= budget
+
+    def _refresh_acked(self) -> None:
+        from ._cursor import read_cursors
+
+        pos = read_cursors(self.config.dir).get(self.id)
+        if pos is not None:
+            self._acked_at = (pos.segment, pos.offset)
+            for index in [i for i in self._segment_sizes if i < pos.segment]:
+                del self._segment_sizes[index]
+
     def _note_error(self, exc: OSError) -> None:
         message = f"{exc.strerror or exc} ({exc.filename or 'segment'})"
         if message != self._last_error:
