@@ -245,6 +245,7 @@ class Elector:
 
     def _step_down(self) -> None:
         self.leadership = None
+        release_lease(self.config.dir, self.epoch, self.modes)
         self.lock.release()
         self.watch = LeaseWatch(self.config.dir, self.config.lease_s)
 
@@ -265,7 +266,6 @@ class Elector:
             else:
                 leadership.stop(5.0)
             self._step_down()
-            release_lease(self.config.dir, self.epoch, self.modes)
         self.lock.release()
 
     def forget_after_fork(self) -> None:
