@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ logger = logging.getLogger("distwal")
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE  # the newline is our delimiter
 _ERROR_BACKOFF = 0.5  # seconds between retries after a failed write (disk full, EIO)
 _SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
+_LOCK_PROBE = 0.05  # seconds: a buffer lock held longer than this is held by the interrupted thread
 
 
 def _default(obj: Any) -> Any:
@@ -72,7 +74,10 @@ class Writer:
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)  # the buffer has room again
         self._progress = threading.Condition()  # durable_seq moved
-        self._wake = threading.Event()
+        # The flusher sleeps on a pipe, not an Event: writing a byte takes no lock, so the
+        # SIGTERM handler can wake it whatever the interrupted thread was holding.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._resignal = 0  # a signal to deliver again once the buffer is written
         self._buf = bytearray()  # the block being filled: payload lines ...
         self._ts = array("d")  # ... and their timestamps
         self._seq = 0  # last seq handed out
@@ -244,7 +249,7 @@ class Writer:
                 if not self._buf:
                     return True  # a record larger than a block is a block of its own
                 self._seal()
-                self._wake.set()
+                self._poke()
                 continue
             if self.config.on_full == "drop":
                 self._dropped += 1
@@ -254,7 +259,7 @@ class Writer:
                     f"distwal buffer full ({limit} bytes not yet written): the disk is slow or full; "
                     "raise max_buffer_bytes or use on_full='block'"
                 )
-            self._wake.set()
+            self._poke()
             self._space.wait(0.1)
         return True
 
@@ -324,9 +329,11 @@ class Writer:
         target = self._seq
         durable = self._wait_durable(target, timeout)
         self._stopping = True
-        self._wake.set()
+        self._poke()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(max(0.1, timeout))
+            if not self._thread.is_alive():
+                self._close_wake_pipe()
         ok = durable and self._durable_seq >= target
         try:
             self._write_finish_mark(lost=target - self._durable_seq)
@@ -366,11 +373,18 @@ class Writer:
     def _wait_durable(self, seq: int, timeout: float | None) -> bool:
         if self._durable_seq >= seq:
             return True
-        self._wake.set()
+        self._poke()
         with self._progress:
             return self._progress.wait_for(lambda: self._durable_seq >= seq or self._stopped(), timeout) and (
                 self._durable_seq >= seq
             )
+
+    def _poke(self) -> None:
+        """Wake the flusher now (safe in a signal handler: no lock)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the flusher is awake anyway
 
     def _stopped(self) -> bool:
         return self._thread is None or not self._thread.is_alive()
@@ -381,8 +395,11 @@ class Writer:
         interval = self.config.interval
         next_heartbeat = time.monotonic() + self.config.heartbeat_interval
         while True:
-            self._wake.wait(interval)
-            self._wake.clear()
+            if select.select([self._wake_r], [], [], interval)[0]:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
             stopping = self._stopping
             try:
                 self._commit()
@@ -392,6 +409,9 @@ class Writer:
                     break
                 time.sleep(_ERROR_BACKOFF)
                 continue
+            if self._resignal:
+                signum, self._resignal = self._resignal, 0
+                os.kill(os.getpid(), signum)  # the handler runs again, now that log() let go
             if stopping and not self._unwritten and not self._buf and not self._sealed:
                 break
             if time.monotonic() >= next_heartbeat:
@@ -523,6 +543,7 @@ class Writer:
         if self._elector is not None:
             self._elector.forget_after_fork()
         closed = self._closed
+        self._close_wake_pipe()  # the parent's pipe: the child gets its own in _reset()
         self._reset()
         if closed:
             self._closed, self._room = True, -1
@@ -536,12 +557,29 @@ class Writer:
                 self._open()
         return self.log(record)
 
-    def _durable_soon(self, grace: float) -> None:
-        """Wait briefly for what is logged to become durable, taking no lock (signal handler)."""
+    def _durable_soon(self, grace: float) -> bool:
+        """From a signal handler: wake the flusher and wait briefly for durability.
+
+        False when the interrupted thread is inside log() holding the buffer lock: the
+        flusher cannot take the buffer before log() returns, so waiting here would only
+        lose it (the handler then asks the flusher to deliver the signal again).
+        """
+        if not self._lock.acquire(timeout=_LOCK_PROBE):
+            return False
+        self._lock.release()
         target = self._seq
+        self._poke()
         deadline = time.monotonic() + grace
         while self._durable_seq < target and not self._stopped() and time.monotonic() < deadline:
             time.sleep(0.002)
+        return True
+
+    def _close_wake_pipe(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class _Hooks:
@@ -586,9 +624,12 @@ class _Hooks:
             pass
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        # No lock here: the interrupted thread may hold one. The flusher commits on its own.
+        # Take no lock here for long: the interrupted thread may hold it.
         for writer in list(self.writers):
-            writer._durable_soon(_SIGTERM_GRACE)
+            if not writer._durable_soon(_SIGTERM_GRACE):
+                writer._resignal = signum
+                writer._poke()
+                return  # let log() finish; the flusher raises the signal again after writing
         previous = self._previous_sigterm
         if callable(previous):
             previous(signum, frame)
