@@ -98,8 +98,8 @@ class Config:
             "lease_s": _number(env, ENV_LEASE_S, float, DEFAULT_LEASE_S),
             "exit_timeout": _number(env, ENV_EXIT_TIMEOUT, float, DEFAULT_EXIT_TIMEOUT),
             "max_pending_bytes": _number(env, ENV_MAX_PENDING_BYTES, int, None),
-            "disable_sender": env.get(ENV_DISABLE_SENDER, "") in ("1", "true", "yes"),
-            "shared_group": env.get(ENV_SHARED_GROUP, "") in ("1", "true", "yes"),
+            "disable_sender": _flag(env, ENV_DISABLE_SENDER),
+            "shared_group": _flag(env, ENV_SHARED_GROUP),
             "run_id": run_id_from_env(env),
         }
         values.update(options)
@@ -122,15 +122,16 @@ class Config:
         scheme = self.sink.split("://", 1)[0].lower() if "://" in self.sink else ""
         if scheme not in SINK_SCHEMES:
             raise ConfigError(
-                f"sink {_redact(self.sink)!r} is not a URL distwal can send to: use http(s)://..., "
-                "sqlite:///path/to.db or jsonl:///path/to/file.jsonl"
+                f"{ENV_SINK} (or sink=) {_redact(self.sink)!r} is not a URL distwal can send to: use "
+                "http(s)://..., sqlite:///path/to.db or jsonl:///path/to/file.jsonl"
             )
         for name in ("interval", "heartbeat_interval", "lease_s", "exit_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ConfigError(f"{_name(name)} must be a positive number of seconds, got {value!r}")
         for name in ("max_buffer_bytes", "max_record_bytes", "segment_bytes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be a positive number of bytes, got {getattr(self, name)!r}")
+                raise ConfigError(f"{_name(name)} must be a positive number of bytes, got {getattr(self, name)!r}")
         if self.max_pending_bytes is not None and self.max_pending_bytes <= 0:
             raise ConfigError(f"{ENV_MAX_PENDING_BYTES} must be positive, got {self.max_pending_bytes!r}")
         if self.max_record_bytes > self.max_buffer_bytes:
@@ -145,6 +146,27 @@ class Config:
         environ[ENV_DIR] = self.dir
         environ[ENV_SINK] = self.sink
         environ[ENV_RUN_ID] = self.run_id
+
+
+_ENV_OF = {"lease_s": ENV_LEASE_S, "exit_timeout": ENV_EXIT_TIMEOUT, "durability": ENV_DURABILITY,
+           "on_full": ENV_ON_FULL, "max_pending_bytes": ENV_MAX_PENDING_BYTES}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _name(option: str) -> str:
+    """How to name an option in a message: its variable too, when it has one."""
+    env = _ENV_OF.get(option)
+    return f"{option} ({env})" if env else option
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{name}={env[name]!r} is not a yes/no value: set it to 1 or 0, or unset it")
 
 
 def _number(env: Mapping[str, str], name: str, kind: type, default: Any) -> Any:

@@ -66,7 +66,7 @@ def format_segment_name(index: int) -> str:
 
 
 def parse_segment_name(name: str) -> int | None:
-    match = _SEGMENT_RE.match(name)
+    match = _SEGMENT_RE.fullmatch(name)
     return int(match.group(1), 16) if match else None
 
 
@@ -103,7 +103,7 @@ def format_writer_id(identity: Identity, suffix: str | None = None) -> str:
 
 
 def is_writer_id(name: str) -> bool:
-    return bool(_WRITER_ID_RE.match(name))
+    return bool(_WRITER_ID_RE.fullmatch(name))
 
 
 def _read_boot_id() -> str:
@@ -128,7 +128,10 @@ def _read_pid_ns() -> int:
 def prepare_dir(path: str, modes: Modes) -> None:
     """Create the run directory if needed and refuse one that is unsafe or unwritable."""
     try:
+        created = not os.path.exists(path)
         os.makedirs(path, mode=modes.dir, exist_ok=True)
+        if created:
+            os.chmod(path, modes.dir)  # exact bits (setgid for a shared group) whatever the umask
     except OSError as exc:
         raise ConfigError(
             f"cannot create directory {path}: {exc.strerror}; create it yourself or set DISTWAL_DIR "

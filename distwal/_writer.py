@@ -32,7 +32,8 @@ from .launch._env import rank_from_env
 
 logger = logging.getLogger("distwal")
 
-_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE  # the newline is our delimiter
+# The newline is our delimiter; dataclasses go to _default, which refuses non-mappings.
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS
 _ERROR_BACKOFF = 0.5  # seconds between retries after a failed write (disk full, EIO)
 _SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
 _LOCK_PROBE = 0.05  # seconds: a buffer lock held longer than this is held by the interrupted thread
@@ -84,7 +85,7 @@ class Writer:
         self._sealed: list[tuple[int, array, bytearray]] = []  # full blocks for the flusher
         self._unwritten: collections.deque[tuple[int, int, list[Any]]] = collections.deque()
         self._held_bytes = 0  # sealed or unwritten: in memory, not yet on disk
-        self._room = BLOCK_BYTES  # how large _buf may grow before log() takes the slow path
+        self._room = min(BLOCK_BYTES, self.config.max_buffer_bytes)  # how large _buf may grow before the slow path
         self._written_seq = 0
         self._durable_seq = 0
         self._durable_at = (0, 0)  # (segment, offset) just past the last durable block

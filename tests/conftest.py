@@ -1,0 +1,78 @@
+"""Fixtures for every test: no writer outlives its test, os.environ is restored; hypothesis profiles.
+
+distwal keeps a process-global current writer (distwal._api._current) and init() exports
+DISTWAL_DIR/SINK/RUN_ID into os.environ, so after each test every writer is finished and
+os.environ is put back as it was. (tests/unit/conftest.py also scrubs the environment
+and disables the sender before each unit test.)
+
+Hypothesis: the default profile "distwal" is derandomized (the same examples on every run,
+so CI never flakes) and has no deadline (fsync timings vary). For a deeper search run
+    HYPOTHESIS_PROFILE=thorough .venv/bin/python -m pytest tests/unit
+which draws fresh random examples and prints the reproduction blob of any failure.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "distwal",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough",
+    max_examples=1000,
+    deadline=None,
+    derandomize=False,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "distwal"))
+
+
+def _finish_all_writers() -> None:
+    from distwal import _api, _writer
+
+    current = _api._current
+    if current is not None:
+        current.finish(timeout=5.0)
+    for writer in list(_writer._hooks.writers):  # writers built directly, not through init()
+        writer.finish(timeout=5.0)
+    _api._current = None
+
+
+@pytest.fixture(autouse=True)
+def _finish_writers_and_restore_environ() -> Iterator[None]:
+    """After the test: finish every in-process writer, then restore os.environ exactly."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        try:
+            _finish_all_writers()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@pytest.fixture
+def umask() -> Iterator[object]:
+    """Call umask(mask) inside a test; the original umask is restored afterwards."""
+    original = os.umask(0o022)
+    os.umask(original)
+
+    def set_mask(mask: int) -> None:
+        os.umask(mask)
+
+    try:
+        yield set_mask
+    finally:
+        os.umask(original)
