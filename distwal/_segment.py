@@ -18,6 +18,7 @@ from ._layout import Modes
 from ._record import HEADER_SIZE, MAGIC, decode_body, encode_header, parse_header
 
 _RESYNC_CHUNK = 1 << 20  # bytes read at a time while looking for the next valid block
+_IOV_MAX = 1024  # buffers one writev may take (Linux)
 
 
 class SegmentWriter:
@@ -28,29 +29,50 @@ class SegmentWriter:
     in front of later ones.
     """
 
-    def __init__(self, dir_fd: int, modes: Modes, segment_bytes: int, index: int = 0) -> None:
+    def __init__(
+        self, dir_fd: int, modes: Modes, segment_bytes: int, index: int = 0, sync_on_seal: bool = True
+    ) -> None:
         self._dir_fd = dir_fd
         self._modes = modes
         self._segment_bytes = segment_bytes
+        self._sync_on_seal = sync_on_seal  # False in "none" mode: nothing is ever fdatasynced
         self.index = index
         self.offset = 0
         self._fd = -1
 
     def append(self, parts: list[bytes | memoryview]) -> None:
-        """Write one block (header, timestamps, payload) at the end of the current segment."""
+        """Write one block (its header, then its body parts) at the end of the current segment."""
+        self.append_many([parts])
+
+    def append_many(self, blocks: list[list[bytes | memoryview]]) -> int:
+        """Write blocks in order with one writev where they fit; return how many were written.
+
+        One system call per commit matters: the flusher gives up the GIL for each call and
+        may wait a whole switch interval (5 ms) to get it back from a busy caller. On an
+        error nothing of this call counts: the segment is cut back and OSError raised.
+        """
         if self._fd < 0 or self.offset >= self._segment_bytes:
             self._next_segment()
+        iov: list[bytes | memoryview] = []
+        size = count = 0
+        for parts in blocks:
+            if count and (self.offset + size >= self._segment_bytes or len(iov) + len(parts) > _IOV_MAX):
+                break
+            iov.extend(parts)
+            size += sum(len(p) for p in parts)
+            count += 1
         start = self.offset
-        size = sum(len(p) for p in parts)
         try:
-            written = os.writev(self._fd, parts)
-            while written < size:  # short write: rare, but legal
-                rest = b"".join(bytes(p) for p in parts)[written:]
-                written += os.write(self._fd, rest)
+            written = os.writev(self._fd, iov)
+            if written < size:  # short write: rare, but legal
+                rest = b"".join(bytes(p) for p in iov)[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
         except OSError:
             self._cut_back(start)
             raise
         self.offset = start + size
+        return count
 
     def sync(self) -> None:
         if self._fd >= 0:
@@ -63,7 +85,8 @@ class SegmentWriter:
 
     def _next_segment(self) -> None:
         if self._fd >= 0:
-            os.fdatasync(self._fd)  # a sealed segment is complete on disk before the next begins
+            if self._sync_on_seal:
+                os.fdatasync(self._fd)  # a sealed segment is complete on disk before the next begins
             os.close(self._fd)
             self._fd = -1
             self.index += 1

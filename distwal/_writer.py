@@ -144,7 +144,9 @@ class Writer:
             "started": time.time(),
         }
         _layout.write_atomic(self._dir_fd, _layout.META, orjson.dumps(self.meta), self._modes)
-        self._segments = SegmentWriter(self._dir_fd, self._modes, self.config.segment_bytes)
+        self._segments = SegmentWriter(
+            self._dir_fd, self._modes, self.config.segment_bytes, sync_on_seal=self._fdatasync
+        )
         self._durable_at = (0, 0)
         self._acked_at = (0, 0)  # (segment, offset) the sink has acknowledged, per the cursor book
         self._segment_sizes: dict[int, int] = {}
@@ -439,9 +441,10 @@ class Writer:
                 self._seal()
             sealed, self._sealed = self._sealed, []
         for first_seq, ts, payload in sealed:
-            ts_bytes = timestamps_bytes(ts)
-            header = encode_header(first_seq, len(ts), ts_bytes, payload)
-            self._unwritten.append((first_seq + len(ts) - 1, len(payload), [header, ts_bytes, payload]))
+            # One buffer for the body: one CRC call, so one GIL hand-off, per block.
+            body = timestamps_bytes(ts) + payload
+            header = encode_header(first_seq, len(ts), b"", body)
+            self._unwritten.append((first_seq + len(ts) - 1, len(payload), [header, body]))
         if not self._unwritten or self._over_pending_budget():
             return
         segments = self._segments
@@ -449,12 +452,12 @@ class Writer:
         written = 0
         try:
             while self._unwritten:
-                last_seq, size, parts = self._unwritten[0]
                 self._segment_sizes[segments.index] = segments.offset
-                segments.append(parts)
-                self._unwritten.popleft()
-                written += size
-                self._written_seq = last_seq
+                count = segments.append_many([parts for _, _, parts in self._unwritten])
+                for _ in range(count):
+                    last_seq, size, _ = self._unwritten.popleft()
+                    written += size
+                    self._written_seq = last_seq
             if self._fdatasync:
                 segments.sync()
         finally:
