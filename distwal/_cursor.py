@@ -1,6 +1,6 @@
 """How far the sink has acknowledged each writer: the cursor book, saved only after an ack.
 
-    <dir>/cursors.json   {"epoch": E, "writers": {"<writer-id>": {"seq", "segment", "offset", "dead", "dead_max"}}}
+    <dir>/cursors.json   {"epoch": E, "writers": {"<writer-id>": {"seq", "segment", "offset", "dead", "dead_max", "dead_min"}}}
 
 seq is the last acknowledged seq of the writer; (segment, offset) is where the block
 holding seq + 1 starts, so reading resumes there and skips records up to seq. dead
@@ -35,6 +35,7 @@ class Position:
     offset: int = 0
     dead: int = 0
     dead_max: int = 0  # the highest seq that became a dead letter
+    dead_min: int = 0  # the lowest one (0: none)
 
 
 def read_cursors(root: str) -> dict[str, Position]:

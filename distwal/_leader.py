@@ -236,8 +236,11 @@ class Elector:
         """Step down when the sender ended: lost lease, newer epoch, or a crash."""
         leadership = self.leadership
         if leadership is None or leadership.alive():
-            if leadership is not None and highest_epoch(self.config.dir) > self.epoch:
-                leadership.stop(5.0)
+            if leadership is not None:
+                if highest_epoch(self.config.dir) > self.epoch:
+                    leadership.stop(5.0)
+                elif not self.lock.held:
+                    self.lock.try_acquire()  # led through a stale lease: take the lock once it frees
             return
         logger.info("distwal: epoch %d sender ended: %s", self.epoch, leadership.outcome)
         self._step_down()

@@ -453,7 +453,11 @@ class Sender:
     # -- sending ------------------------------------------------------------------------
 
     def _deliver(self, batch: Batch, spans: dict[str, list[_Span]]) -> int:
-        """Send `batch` (splitting and bisecting as the sink asks); save cursors for what was acked."""
+        """Send `batch` (splitting and bisecting as the sink asks); save cursors for what was acked.
+
+        What the sink acknowledged is recorded even when a later part fails or leadership
+        ends half-way: a split batch must never be resent from its start forever.
+        """
         acked: dict[str, int] = {}
         dead: dict[str, list[int]] = {}
         try:
@@ -464,9 +468,9 @@ class Sender:
             self._fail("paused", exc, PAUSED_RETRY)
         except SinkUnavailable as exc:
             self._fail("retrying", exc, exc.retry_after)
-        if not acked:
-            return 0
-        self._advance(acked, dead, spans)
+        finally:
+            if acked:
+                self._advance(acked, dead, spans)
         count = sum(
             max(0, min(chunk.last_seq, acked.get(chunk.writer, 0)) - chunk.first_seq + 1) for chunk in batch.chunks
         )
@@ -474,7 +478,8 @@ class Sender:
         return count
 
     def _send(self, batch: Batch, acked: dict[str, int], dead: dict[str, list[int]]) -> None:
-        if not self.lease.valid():
+        # Renew here, not only once a cycle: splitting a refused batch can take many requests.
+        if not self.lease.renew_if_due() or not self.lease.valid():
             raise LostLeadership(self.lease.lost or "lease expired")
         try:
             self.sink.write(batch)
@@ -539,7 +544,9 @@ class Sender:
                 if span.first <= seq <= span.last:
                     segment, offset = span.segment, span.end if seq == span.last else span.offset
             refused = dead.get(writer_id, [])
-            self._move(t, Position(seq, segment, offset, t.pos.dead + len(refused), max([t.pos.dead_max, *refused])))
+            lowest = min([t.pos.dead_min, *refused]) if t.pos.dead_min else min(refused, default=0)
+            self._move(t, Position(seq, segment, offset, t.pos.dead + len(refused), max([t.pos.dead_max, *refused]),
+                                   lowest))
         self._save_book()
         for writer_id in acked:
             t = self.writers.get(writer_id)

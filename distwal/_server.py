@@ -50,7 +50,9 @@ class IngestServer(ThreadingHTTPServer):
         self.store = RecordStore(db_path)
         self.token = token
         self._log_lock = threading.Lock()
-        self._log_db = sqlite3.connect(self.store.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._log_db: sqlite3.Connection | None = sqlite3.connect(
+            self.store.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
         self._log_db.executescript(_REQUESTS_SCHEMA)
         super().__init__((host, port), _Handler)
 
@@ -93,15 +95,22 @@ class IngestServer(ThreadingHTTPServer):
 
     def _log(self, started: float, domain: str, epoch: int, envelopes: int, new: int, status: int) -> None:
         with self._log_lock:
+            if self._log_db is None:
+                return
             self._log_db.execute(
                 "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (started, time.time(), domain, epoch, envelopes, new, status),
             )
 
     def server_close(self) -> None:
+        """Stop listening, then close the files under their locks: handler threads still
+        running get 503 from then on instead of touching a closed connection."""
         super().server_close()
         self.store.close()
-        self._log_db.close()
+        with self._log_lock:
+            if self._log_db is not None:
+                self._log_db.close()
+                self._log_db = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -123,7 +132,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.rstrip("/") in ("", "/health", "/healthz"):
-            self._send(200, {"Content-Type": "application/json"}, orjson.dumps({"records": self.server.store.count()}))
+            try:
+                count = self.server.store.count()
+            except SinkUnavailable as exc:
+                self._send(*_reply(503, str(exc)))
+                return
+            self._send(200, {"Content-Type": "application/json"}, orjson.dumps({"records": count}))
         else:
             self._send(*_reply(404, "POST batches to this server; GET /health for a count"))
 

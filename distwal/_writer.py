@@ -300,12 +300,11 @@ class Writer:
         if target == 0:
             return True
         watch = LeaseWatch(self.config.dir, self.config.lease_s)
-        dead_before = read_cursors(self.config.dir).get(self.id, Position()).dead
         pause = 0.01
         while True:
             pos = read_cursors(self.config.dir).get(self.id, Position())
-            if pos.dead > dead_before and pos.dead_max <= target:
-                return False
+            if pos.dead and pos.dead_min <= target:
+                return False  # one of the records logged before the call is a dead letter
             if pos.seq >= target:
                 return True
             if watch.stale() or time.monotonic() >= deadline:

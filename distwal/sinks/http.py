@@ -42,6 +42,7 @@ class HTTPSink(Sink):
             headers["Authorization"] = f"Bearer {token}"
         self._client = client or httpx.Client(timeout=timeout, verify=True)
         self._headers = headers
+        self._token = token
 
     def write(self, batch: Batch) -> None:
         body = batch.ndjson()
@@ -57,7 +58,7 @@ class HTTPSink(Sink):
             raise SinkUnavailable(f"{self._where()}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise SinkUnavailable(f"{self._where()}: {type(exc).__name__}: {exc}") from None
-        _raise_for(response, self._where())
+        _raise_for(response, self._where(), self._token)
 
     def _where(self) -> str:
         url = httpx.URL(self.url)
@@ -67,11 +68,14 @@ class HTTPSink(Sink):
         self._client.close()
 
 
-def _raise_for(response: httpx.Response, where: str) -> None:
+def _raise_for(response: httpx.Response, where: str, token: str | None) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    detail = f"{where} answered {status} {response.reason_phrase}: {response.text[:200]!r}"
+    text = response.text
+    if token:
+        text = text.replace(token, "***")  # a server or proxy may echo our headers back
+    detail = f"{where} answered {status} {response.reason_phrase}: {text[:200]!r}"
     if status == 409:
         raise StaleEpoch(detail)
     if status == 413:

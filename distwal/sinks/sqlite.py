@@ -49,7 +49,9 @@ class RecordStore:
         if _on_nfs(self.path):
             logger.warning("distwal: sqlite sink %s is on NFS; SQLite locking there is unreliable", self.path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        self._db: sqlite3.Connection | None = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=DELETE")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -58,6 +60,8 @@ class RecordStore:
         """Insert rows unless `epoch` is stale for `domain`; return how many were new."""
         with self._lock:
             db = self._db
+            if db is None:
+                raise SinkUnavailable(f"sqlite {self.path}: closed")
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -79,11 +83,16 @@ class RecordStore:
 
     def count(self) -> int:
         with self._lock:
+            if self._db is None:
+                raise SinkUnavailable(f"sqlite {self.path}: closed")
             return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
 
     def close(self) -> None:
+        """Close the file; calls that race with it get SinkUnavailable, never a closed handle."""
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 class SQLiteSink(Sink):

@@ -241,7 +241,9 @@ class FaultServer(IngestServer):
     def records(self) -> dict[str, dict[int, Any]]:
         """{writer: {seq: data}} as stored (deduplicated on (writer, seq) by the store)."""
         out: dict[str, dict[int, Any]] = defaultdict(dict)
-        for writer, seq, data in self._query("SELECT writer, seq, data FROM records"):
+        rows = self._query("SELECT writer, seq, data FROM records")
+        for writer, seq, data in rows:
+            assert seq not in out[writer], f"({writer}, {seq}) is stored more than once"
             out[writer][seq] = json.loads(data)
         return dict(out)
 

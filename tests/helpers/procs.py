@@ -43,9 +43,12 @@ def emit(*parts):
 '''
 
 
+_REPLAY_SEED = os.environ.get(SEED_ENV, "").strip()  # read at import: test fixtures scrub DISTWAL_*
+
+
 def pick_seed() -> int:
     """The seed to use: DISTWAL_TEST_SEED to replay, else a fresh one. Printed for -rA."""
-    raw = os.environ.get(SEED_ENV, "").strip()
+    raw = _REPLAY_SEED
     seed = int(raw) if raw else random.SystemRandom().randrange(2**32)
     print(f"seed={seed} (replay with {SEED_ENV}={seed})")
     return seed
