@@ -184,6 +184,43 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def ensure_subdir(root: str, name: str, modes: Modes) -> int:
+    """A descriptor of root/name, created if missing; LayoutError if something else is there."""
+    root_fd = open_dir(root)
+    try:
+        try:
+            return make_subdir(root_fd, name, modes)
+        except FileExistsError:
+            pass
+        try:
+            return open_dir(name, dir_fd=root_fd)
+        except OSError:
+            raise LayoutError(
+                f"{os.path.join(root, name)} is not a directory (a symlink or file was planted there): remove it"
+            ) from None
+    finally:
+        os.close(root_fd)
+
+
+def remove_folder(parent_fd: int, name: str, dir_fd: int) -> None:
+    """Remove a writer folder: its files through dir_fd, then the folder. Never follows a link;
+    a subdirectory planted inside is left, with the folder, and a warning."""
+    for entry in os.listdir(dir_fd):
+        try:
+            os.unlink(entry, dir_fd=dir_fd)
+        except IsADirectoryError:
+            pass
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+        os.fsync(parent_fd)
+    except OSError as exc:
+        import logging
+
+        logging.getLogger("distwal").warning("distwal: cannot remove folder %s: %s", name, exc.strerror)
+
+
 def make_subdir(parent_fd: int, name: str, modes: Modes) -> int:
     """Create directory `name` under parent_fd, make it durable, and return its descriptor."""
     os.mkdir(name, modes.dir, dir_fd=parent_fd)

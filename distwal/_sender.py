@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -56,6 +55,7 @@ class Tracked:
     files: WriterFiles
     dir_fd: int
     pos: Position
+    parent: str  # writers/ or adopted/
     adopted_at: float | None = None  # monotonic time of adoption
     same_kernel_dead: bool = False
     idle_since: float | None = None
@@ -142,10 +142,10 @@ class Sender:
         self._next_health = 0.0
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
-        for sub in (ADOPTED, HISTORY, DEADLETTERS, QUARANTINE):
-            path = os.path.join(root, sub)
-            if not os.path.isdir(path):
-                os.makedirs(path, mode=modes.dir, exist_ok=True)
+        # Descriptors, not paths, from here on: a symlink planted for one of these names is
+        # refused once, here, and never followed later.
+        self._fds = {sub: _layout.ensure_subdir(root, sub, modes)
+                     for sub in (_layout.WRITERS, ADOPTED, HISTORY, DEADLETTERS, QUARANTINE)}
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -245,33 +245,22 @@ class Sender:
 
     def _discover(self) -> None:
         for sub in (_layout.WRITERS, ADOPTED):
-            parent = os.path.join(self.root, sub)
-            try:
-                names = os.listdir(parent)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name in self.writers or not _layout.is_writer_id(name):
-                    continue
-                self._track(parent, name, adopted=sub == ADOPTED)
+            for name in os.listdir(self._fds[sub]):
+                if name not in self.writers and _layout.is_writer_id(name):
+                    self._track(sub, name)
 
-    def _track(self, parent: str, name: str, adopted: bool) -> None:
+    def _track(self, sub: str, name: str) -> None:
+        parent_fd = self._fds[sub]
+        files = load_writer(parent_fd, name, os.path.join(self.root, sub, name))
+        if files is None or files.meta is None:
+            return  # no metadata yet: a writer being born, or debris we do not touch
         try:
-            parent_fd = _layout.open_dir(parent)
+            dir_fd = _layout.open_dir(name, dir_fd=parent_fd)
         except OSError:
             return
-        try:
-            files = load_writer(parent_fd, name, os.path.join(parent, name))
-            if files is None or files.meta is None:
-                return  # no metadata yet: a writer being born, or debris we do not touch
-            try:
-                dir_fd = _layout.open_dir(name, dir_fd=parent_fd)
-            except OSError:
-                return
-        finally:
-            os.close(parent_fd)
-        pos = self.book.get(name, Position())
-        tracked = Tracked(files, dir_fd, pos, adopted_at=self.clock() if adopted else None)
+        adopted = sub == ADOPTED
+        tracked = Tracked(files, dir_fd, self.book.get(name, Position()), parent=sub,
+                          adopted_at=self.clock() if adopted else None)
         if adopted:
             tracked.same_kernel_dead = self.judge.same_kernel(files.meta or {})
         self.writers[name] = tracked
@@ -297,15 +286,15 @@ class Sender:
 
     def _adopt(self, t: Tracked) -> None:
         """Move a dead writer's folder aside; it is shipped from there, then removed."""
-        target = os.path.join(self.root, ADOPTED, t.id)
         try:
-            os.rename(t.files.path, target)
-            _layout.fsync_path(os.path.join(self.root, ADOPTED))
-            _layout.fsync_path(os.path.join(self.root, _layout.WRITERS))
+            os.rename(t.id, t.id, src_dir_fd=self._fds[_layout.WRITERS], dst_dir_fd=self._fds[ADOPTED])
+            os.fsync(self._fds[ADOPTED])
+            os.fsync(self._fds[_layout.WRITERS])
         except OSError as exc:
             logger.warning("distwal: cannot adopt writer %s: %s", t.id, exc)
             return
-        t.files.path = target
+        t.parent = ADOPTED
+        t.files.path = os.path.join(self.root, ADOPTED, t.id)
         t.adopted_at = self.clock()
         t.same_kernel_dead = self.judge.same_kernel(t.files.meta or {})
         t.exhausted = False
@@ -433,11 +422,7 @@ class Sender:
             data = os.pread(src, end - start, start)
         finally:
             os.close(src)
-        qfd = _layout.open_dir(os.path.join(self.root, QUARANTINE))
-        try:
-            _layout.create_once(qfd, name, data, self.modes)
-        finally:
-            os.close(qfd)
+        _layout.create_once(self._fds[QUARANTINE], name, data, self.modes)
         t.quarantined += len(data)
         self.health.quarantined_bytes += len(data)
         logger.error("distwal: writer %s: %d corrupt bytes at %08x:%d quarantined", t.id, len(data), segment, start)
@@ -511,25 +496,18 @@ class Sender:
 
     def _dead_letter(self, batch: Batch, exc: Exception) -> None:
         """Keep an envelope the sink refuses for good, durably, where status shows it."""
+        fd = self._fds[DEADLETTERS]
         for chunk in batch.chunks:
-            path = os.path.join(self.root, DEADLETTERS)
-            fd = _layout.open_dir(path)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            file_fd = os.open(f"{chunk.writer}.ndjson", flags, self.modes.file, dir_fd=fd)
             try:
-                name = f"{chunk.writer}.ndjson"
-                file_fd = os.open(
-                    name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, self.modes.file,
-                    dir_fd=fd,
-                )
-                try:
-                    for envelope in chunk.envelopes():
-                        line = orjson.dumps({"reason": str(exc)[:500], "envelope": orjson.Fragment(envelope)})
-                        _layout.write_all(file_fd, line + b"\n")
-                    os.fsync(file_fd)
-                finally:
-                    os.close(file_fd)
-                os.fsync(fd)
+                for envelope in chunk.envelopes():
+                    line = orjson.dumps({"reason": str(exc)[:500], "envelope": orjson.Fragment(envelope)})
+                    _layout.write_all(file_fd, line + b"\n")
+                os.fsync(file_fd)
             finally:
-                os.close(fd)
+                os.close(file_fd)
+            os.fsync(fd)
             self.health.dead_letters += len(chunk)
             logger.error("distwal: sink refused %s seq %d for good: kept as a dead letter", chunk.writer, chunk.first_seq)
 
@@ -596,15 +574,9 @@ class Sender:
             "quarantined_bytes": t.quarantined,
             "removed": time.time(),
         }
-        hfd = _layout.open_dir(os.path.join(self.root, HISTORY))
-        try:
-            _layout.write_atomic(hfd, f"{t.id}.json", orjson.dumps(tombstone), self.modes)
-        finally:
-            os.close(hfd)
-        path = t.files.path
+        _layout.write_atomic(self._fds[HISTORY], f"{t.id}.json", orjson.dumps(tombstone), self.modes)
+        _layout.remove_folder(self._fds[t.parent], t.id, t.dir_fd)
         t.close()
-        shutil.rmtree(path, ignore_errors=True)
-        _layout.fsync_path(os.path.dirname(path))
         del self.writers[t.id]
         self.judge.forget(t.id)
         if t.id in self.book:
@@ -655,6 +627,8 @@ class Sender:
         finally:
             for t in self.writers.values():
                 t.close()
+            for fd in self._fds.values():
+                os.close(fd)
             self.sink.close()
 
 

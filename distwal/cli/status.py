@@ -49,20 +49,20 @@ def render(report: dict[str, Any]) -> Any:
     from rich.text import Text
 
     table = Table(title=f"distwal {report['dir']}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
-    for column, justify in (("rank", "right"), ("host", "left"), ("pid", "right"), ("state", "left"),
+    for column, justify in (("rank", "right"), ("try", "right"), ("host", "left"), ("pid", "right"), ("state", "left"),
                             ("records", "right"), ("acked", "right"), ("pending", "right"),
                             ("beat age", "right"), ("writer", "left")):
         table.add_column(column, justify=justify, no_wrap=True)
     styles = {"live": "green", "finished": "cyan", "adopted": "yellow", "dead": "red", "stale": "red"}
     for w in report["writers"]:
         table.add_row(
-            _rank(w), str(w["host"]), str(w["pid"]), Text(w["state"], style=styles.get(w["state"], "")),
+            _rank(w), _dash(w["attempt"]), str(w["host"]), str(w["pid"]), Text(w["state"], style=styles.get(w["state"], "")),
             str(w["records"]), str(w["acked_seq"]), f"{w['pending_records']} ({_bytes(w['pending_bytes'])})",
             _secs(w["heartbeat_age"]), _short(w["writer"]),
         )
     for h in report["history"]:
         table.add_row(
-            _rank(h), str(h["host"]), str(h["pid"]), Text(f"{h['state']}, done", style="dim"),
+            _rank(h), _dash(h["attempt"]), str(h["host"]), str(h["pid"]), Text(f"{h['state']}, done", style="dim"),
             str(h["records"]), str(h["acked_seq"]), "0", "-", Text(_short(str(h["writer"])), style="dim"),
         )
     lines = [table]
@@ -89,6 +89,10 @@ def render(report: dict[str, Any]) -> Any:
         f"{report['dead_letters']}; quarantined {_bytes(report['quarantined_bytes'])}"
     ))
     return Group(*lines)
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 def _rank(row: dict[str, Any]) -> str:
