@@ -174,8 +174,15 @@ class Writer:
         if self._segments is not None:
             self._segments.close()
         os.close(self._dir_fd)
+        if not os.path.isdir(os.path.join(self.config.dir, _layout.WRITERS)):
+            logger.error(
+                "distwal: %s was removed while writer %s ran; what it held on disk is gone; recreating it "
+                "for what comes next", self.config.dir, old,
+            )
+            _layout.prepare_dir(self.config.dir, self._modes)
+            self.domain = _layout.ensure_domain(self.config.dir, self._modes)
         self._claim_folder(first_seq=self._durable_seq + 1, continues=old)
-        logger.warning("distwal: writer %s was adopted by the leader while alive; continuing as %s", old, self.id)
+        logger.warning("distwal: writer %s lost its folder (adopted, or removed); continuing as %s", old, self.id)
 
     def _make_elector(self) -> Any:
         from ._leader import Elector, ProcessLeadership
