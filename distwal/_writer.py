@@ -81,6 +81,7 @@ class Writer:
         self._resignal = 0  # a signal to deliver again once the buffer is written
         self._buf = bytearray()  # the block being filled: payload lines ...
         self._ts = array("d")  # ... and their timestamps
+        self._stamp = self._ts.append  # bound once per block: one lookup less per log()
         self._seq = 0  # last seq handed out
         self._sealed: list[tuple[int, array, bytearray]] = []  # full blocks for the flusher
         self._unwritten: collections.deque[tuple[int, int, list[Any]]] = collections.deque()
@@ -223,7 +224,7 @@ class Writer:
                     return 0
                 buf = self._buf
             buf += data
-            self._ts.append(_now())
+            self._stamp(_now())
             self._seq = seq = self._seq + 1
         finally:
             lock.release()
@@ -279,6 +280,7 @@ class Writer:
         self._held_bytes += len(self._buf)
         self._buf = bytearray()
         self._ts = array("d")
+        self._stamp = self._ts.append
         self._set_room()
 
     def _set_room(self) -> None:
