@@ -13,13 +13,9 @@ read their own entry for flush(delivered=True).
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
-import orjson
-
 from . import _layout
-from ._exceptions import LayoutError
 from ._layout import Modes
 
 CURSORS = "cursors.json"
@@ -40,16 +36,7 @@ class Position:
 
 def read_cursors(root: str) -> dict[str, Position]:
     """Every writer's saved cursor; empty when there is no book or it is unreadable."""
-    try:
-        fd = _layout.open_dir(root)
-    except OSError:
-        return {}
-    try:
-        raw = _layout.read_json(fd, CURSORS, limit=MAX_CURSORS_FILE)
-    except (LayoutError, OSError):  # damaged: start over, which is at-least-once, never loss
-        return {}
-    finally:
-        os.close(fd)
+    raw = _layout.read_root_json(root, CURSORS, MAX_CURSORS_FILE)  # damaged: start over (at-least-once)
     book = {}
     if isinstance(raw, dict) and isinstance(raw.get("writers"), dict):
         for writer_id, entry in raw["writers"].items():
@@ -62,11 +49,7 @@ def read_cursors(root: str) -> dict[str, Position]:
 
 def write_cursors(root: str, book: dict[str, Position], epoch: int, modes: Modes) -> None:
     body = {"epoch": epoch, "writers": {writer_id: asdict(pos) for writer_id, pos in book.items()}}
-    fd = _layout.open_dir(root)
-    try:
-        _layout.write_atomic(fd, CURSORS, orjson.dumps(body), modes)
-    finally:
-        os.close(fd)
+    _layout.write_root_json(root, CURSORS, body, modes)
 
 
 _FIELDS = frozenset(Position.__dataclass_fields__)

@@ -30,7 +30,6 @@ import portalocker
 from portalocker.portalocker import LockfLocker
 
 from . import _layout
-from ._exceptions import LayoutError
 from ._layout import Modes
 
 logger = logging.getLogger("distwal")
@@ -145,17 +144,7 @@ def claim_epoch(root: str, owner: dict[str, Any], modes: Modes) -> int:
 
 
 def read_lease(root: str) -> dict[str, Any] | None:
-    try:
-        fd = _layout.open_dir(root)
-    except OSError:
-        return None
-    try:
-        lease = _layout.read_json(fd, LEASE)
-    except (LayoutError, OSError):
-        return None
-    finally:
-        os.close(fd)
-    return lease if isinstance(lease, dict) else None
+    return _layout.read_root_json(root, LEASE)
 
 
 def release_lease(root: str, epoch: int, modes: Modes) -> None:
@@ -165,22 +154,14 @@ def release_lease(root: str, epoch: int, modes: Modes) -> None:
         return
     lease.update(released=True, ts=time.time())
     try:
-        fd = _layout.open_dir(root)
-        try:
-            _layout.write_atomic(fd, LEASE, orjson.dumps(lease), modes, durable=False)
-        finally:
-            os.close(fd)
+        _layout.write_root_json(root, LEASE, lease, modes, durable=False)
     except OSError:
         pass
 
 
 def recorded_sink(root: str) -> str | None:
-    fd = _layout.open_dir(root)
-    try:
-        found = _layout.read_json(fd, SINK)
-    finally:
-        os.close(fd)
-    return found.get("sink") if isinstance(found, dict) else None
+    found = _layout.read_root_json(root, SINK)
+    return None if found is None else found.get("sink")
 
 
 def record_sink(root: str, sink: str, modes: Modes) -> str:
@@ -229,11 +210,7 @@ class LeaseKeeper:
         self.renewals += 1
         body = {**self.owner, "epoch": self.epoch, "n": self.renewals, "ts": time.time(), "lease_s": self.lease_s}
         try:
-            fd = _layout.open_dir(self.root)
-            try:
-                _layout.write_atomic(fd, LEASE, orjson.dumps(body), self.modes, durable=False)
-            finally:
-                os.close(fd)
+            _layout.write_root_json(self.root, LEASE, body, self.modes, durable=False)
         except OSError as exc:
             logger.warning("distwal: cannot renew the lease: %s", exc)
             return self.clock() - self._renewed_at < self.lease_s

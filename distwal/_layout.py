@@ -296,6 +296,30 @@ def exists(dir_fd: int, name: str) -> bool:
         return False
 
 
+def read_root_json(root: str, name: str, limit: int = MAX_SMALL_FILE) -> dict[str, Any] | None:
+    """A JSON object kept directly in the run directory; None if absent, damaged or unreadable."""
+    try:
+        fd = open_dir(root)
+    except OSError:
+        return None
+    try:
+        found = read_json(fd, name, limit)
+    except (LayoutError, OSError):
+        return None
+    finally:
+        os.close(fd)
+    return found if isinstance(found, dict) else None
+
+
+def write_root_json(root: str, name: str, body: Any, modes: Modes, durable: bool = True) -> None:
+    """Replace a JSON file kept directly in the run directory (see write_atomic)."""
+    fd = open_dir(root)
+    try:
+        write_atomic(fd, name, orjson.dumps(body), modes, durable)
+    finally:
+        os.close(fd)
+
+
 def read_json_quietly(dir_fd: int, name: str) -> Any:
     """read_json for files that may be mid-replace or damaged: None instead of an error."""
     try:

@@ -48,7 +48,7 @@ def probe_process(pid: int, create_time: float, thorough: bool) -> bool | None:
         return False
     except (psutil.AccessDenied, psutil.Error, OSError):
         return None
-    return abs(started - create_time) <= _CREATE_TIME_TOLERANCE
+    return bool(abs(started - create_time) <= _CREATE_TIME_TOLERANCE)
 
 
 @dataclass

@@ -47,7 +47,7 @@ def encode_header(first_seq: int, count: int, ts: bytes | memoryview, payload: b
     return prefix + struct.pack("<I", zlib.crc32(prefix))
 
 
-def timestamps_bytes(ts: array) -> bytes:
+def timestamps_bytes(ts: "array[float]") -> bytes:
     """The timestamps section of a block, little endian whatever the machine."""
     if _SWAP:
         ts = array("d", ts)
@@ -79,7 +79,7 @@ def parse_header(raw: bytes) -> Header | None:
     return Header(count, first_seq, body_len, body_crc)
 
 
-def decode_body(header: Header, body: bytes) -> tuple[array, list[bytes]] | None:
+def decode_body(header: Header, body: bytes) -> tuple["array[float]", list[bytes]] | None:
     """Timestamps and record lines of a block, or None when the body does not match its header."""
     if len(body) != header.body_len or zlib.crc32(body) != header.body_crc:
         return None

@@ -15,7 +15,7 @@ from typing import Iterator, Union
 
 from . import _layout
 from ._layout import Modes
-from ._record import HEADER_SIZE, MAGIC, decode_body, encode_header, parse_header
+from ._record import HEADER_SIZE, MAGIC, decode_body, parse_header
 
 _RESYNC_CHUNK = 1 << 20  # bytes read at a time while looking for the next valid block
 _IOV_MAX = 1024  # buffers one writev may take (Linux)
@@ -110,7 +110,7 @@ class Block:
     offset: int
     end: int
     first_seq: int
-    ts: array
+    ts: "array[float]"
     lines: list[bytes]
 
     @property

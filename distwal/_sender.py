@@ -428,7 +428,8 @@ class Sender:
         logger.error("distwal: writer %s: %d corrupt bytes at %08x:%d quarantined", t.id, len(data), segment, start)
 
     def _heartbeat(self, t: Tracked) -> dict[str, Any] | None:
-        return _layout.read_json_quietly(t.dir_fd, _layout.HEARTBEAT)
+        beat: dict[str, Any] | None = _layout.read_json_quietly(t.dir_fd, _layout.HEARTBEAT)
+        return beat
 
     def _move(self, t: Tracked, pos: Position) -> None:
         t.pos = pos
@@ -613,11 +614,7 @@ class Sender:
             "ts": time.time(),
         }
         try:
-            fd = _layout.open_dir(self.root)
-            try:
-                _layout.write_atomic(fd, SENDER, orjson.dumps(body), self.modes, durable=False)
-            finally:
-                os.close(fd)
+            _layout.write_root_json(self.root, SENDER, body, self.modes, durable=False)
         except OSError as exc:
             logger.debug("distwal: cannot write %s: %s", SENDER, exc)
 

@@ -59,7 +59,7 @@ class IngestServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/ingest"
+        return f"http://{host!s}:{port}/ingest"
 
     def handle_batch(self, headers: Any, body: bytes) -> Reply:
         """Validate, fence and store one request; return (status, headers, body)."""

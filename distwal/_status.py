@@ -34,7 +34,7 @@ def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
     me = Identity.of_this_process()
     book = read_cursors(root)
     lease = read_lease(root)
-    health = _read(root, SENDER)
+    health = _layout.read_root_json(root, SENDER)
     lease_s = float((lease or {}).get("lease_s") or 15.0)
     writers = []
     for sub, adopted in ((_layout.WRITERS, False), (ADOPTED, True)):
@@ -56,7 +56,7 @@ def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
         }
     return {
         "dir": root,
-        "domain": (_read(root, _layout.DOMAIN) or {}).get("domain"),
+        "domain": (_layout.read_root_json(root, _layout.DOMAIN) or {}).get("domain"),
         "now": now,
         "sink": _redact(recorded_sink(root) or "") or None,
         "leader": leader,
@@ -92,12 +92,7 @@ def _writer_row(
         state = _live_state(meta, age, me, lease_s)
     return {
         "writer": files.id,
-        "rank": meta.get("rank"),
-        "local_rank": meta.get("local_rank"),
-        "host": meta.get("host"),
-        "pid": meta.get("pid"),
-        "run": meta.get("run"),
-        "attempt": meta.get("attempt"),
+        **_who(meta),
         "state": state,
         "records": max(records, logged, pos.seq),
         "durable_seq": records,
@@ -123,17 +118,17 @@ def _live_state(meta: dict[str, Any], age: float | None, me: Identity, lease_s: 
     return "stale" if age is not None and age > lease_s else "live"
 
 
+def _who(meta: dict[str, Any]) -> dict[str, Any]:
+    """The fields that say which process a writer was."""
+    return {key: meta.get(key) for key in ("rank", "local_rank", "host", "pid", "run", "attempt")}
+
+
 def _history_row(tomb: dict[str, Any]) -> dict[str, Any]:
     meta = tomb.get("meta") or {}
     finish = tomb.get("finish") or {}
     return {
         "writer": tomb.get("writer"),
-        "rank": meta.get("rank"),
-        "local_rank": meta.get("local_rank"),
-        "host": meta.get("host"),
-        "pid": meta.get("pid"),
-        "run": meta.get("run"),
-        "attempt": meta.get("attempt"),
+        **_who(meta),
         "state": tomb.get("state"),
         "records": int(finish.get("seq") or tomb.get("acked_seq") or 0),
         "acked_seq": int(tomb.get("acked_seq") or 0),
@@ -213,17 +208,6 @@ def _dir_bytes(path: str) -> int:
         return sum(os.lstat(os.path.join(path, name)).st_size for name in os.listdir(path))
     except OSError:
         return 0
-
-
-def _read(root: str, name: str) -> dict[str, Any] | None:
-    try:
-        fd = _layout.open_dir(root)
-    except OSError:
-        return None
-    try:
-        return _layout.read_json_quietly(fd, name)
-    finally:
-        os.close(fd)
 
 
 def _age(now: float, ts: Any) -> float | None:

@@ -83,7 +83,7 @@ class Writer:
         self._ts = array("d")  # ... and their timestamps
         self._stamp = self._ts.append  # bound once per block: one lookup less per log()
         self._seq = 0  # last seq handed out
-        self._sealed: list[tuple[int, array, bytearray]] = []  # full blocks for the flusher
+        self._sealed: list[tuple[int, "array[float]", bytearray]] = []  # full blocks for the flusher
         self._unwritten: collections.deque[tuple[int, int, list[Any]]] = collections.deque()
         self._held_bytes = 0  # sealed or unwritten: in memory, not yet on disk
         self._room = min(BLOCK_BYTES, self.config.max_buffer_bytes)  # how large _buf may grow before the slow path
@@ -240,7 +240,7 @@ class Writer:
     def _bind_log(self) -> None:
         self.__dict__.pop("log", None)
         if self.config.durability == "sync":
-            self.log = self._log_sync  # type: ignore[method-assign]
+            self.log = self._log_sync  # type: ignore[method-assign,assignment]
 
     def _refuse(self, data: bytes) -> None:
         if data[:1] != b"{":
@@ -560,7 +560,7 @@ class Writer:
         if closed:
             self._closed, self._room = True, -1
         else:
-            self.log = self._log_after_fork  # type: ignore[method-assign]
+            self.log = self._log_after_fork  # type: ignore[method-assign,assignment]
 
     def _log_after_fork(self, record: Mapping[str, Any]) -> int:
         with self._lock:
@@ -615,7 +615,7 @@ class _Hooks:
         for name in ("multiprocessing.util", "multiprocess.util"):
             util = sys.modules.get(name)
             if util is not None and name not in self._finalizers:
-                util.Finalize(None, self.at_exit, exitpriority=100)  # type: ignore[attr-defined]
+                util.Finalize(None, self.at_exit, exitpriority=100)
                 self._finalizers.add(name)
 
     def detach(self, writer: Writer) -> None:

@@ -11,7 +11,7 @@ import heapq
 import sys
 from typing import Iterator
 
-from .._scan import iter_envelopes, list_writers
+from .._scan import WriterFiles, iter_envelopes, list_writers
 from .._segment import Damage
 from ._common import resolve_dir
 
@@ -32,7 +32,7 @@ def run(args: list[str]) -> int:
             print(f"distwal cat: no writer {sorted(missing)[0]!r} in this directory", file=sys.stderr)
             return 1
     damage: list[tuple[str, Damage]] = []
-    streams = [_tagged(w.id, iter_envelopes(w, d := []), d, damage) for w in writers]
+    streams = [_tagged(w, damage) for w in writers]
     if opts.merge:
         lines: Iterator[bytes] = (env for _, env in heapq.merge(*streams, key=lambda item: item[0]))
     else:
@@ -51,7 +51,9 @@ def run(args: list[str]) -> int:
     return 0
 
 
-def _tagged(writer_id, envelopes, local_damage, damage):  # type: ignore[no-untyped-def]
-    for _seq, ts, envelope in envelopes:
+def _tagged(writer: WriterFiles, damage: list[tuple[str, Damage]]) -> Iterator[tuple[float, bytes]]:
+    """(ts, envelope) of one writer; its damaged spans are added to `damage` at the end."""
+    spans: list[Damage] = []
+    for _seq, ts, envelope in iter_envelopes(writer, spans):
         yield ts, envelope
-    damage.extend((writer_id, span) for span in local_damage)
+    damage.extend((writer.id, span) for span in spans)

@@ -49,10 +49,9 @@ def render(report: dict[str, Any]) -> Any:
     from rich.text import Text
 
     table = Table(title=f"distwal {report['dir']}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
-    for column, justify in (("rank", "right"), ("try", "right"), ("host", "left"), ("pid", "right"), ("state", "left"),
-                            ("records", "right"), ("acked", "right"), ("pending", "right"),
-                            ("beat age", "right"), ("writer", "left")):
-        table.add_column(column, justify=justify, no_wrap=True)
+    right = {"rank", "try", "pid", "records", "acked", "pending", "beat age"}
+    for column in ("rank", "try", "host", "pid", "state", "records", "acked", "pending", "beat age", "writer"):
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     styles = {"live": "green", "finished": "cyan", "adopted": "yellow", "dead": "red", "stale": "red"}
     for w in report["writers"]:
         table.add_row(
@@ -65,7 +64,7 @@ def render(report: dict[str, Any]) -> Any:
             _rank(h), _dash(h["attempt"]), str(h["host"]), str(h["pid"]), Text(f"{h['state']}, done", style="dim"),
             str(h["records"]), str(h["acked_seq"]), "0", "-", Text(_short(str(h["writer"])), style="dim"),
         )
-    lines = [table]
+    lines: list[Any] = [table]
     leader = report["leader"]
     if leader:
         who = (f"epoch {leader['epoch']}, {leader['kind'] or 'rank'} {_short(str(leader['owner']))} on "
