@@ -12,8 +12,6 @@ import collections
 import logging
 import os
 import select
-import signal
-import sys
 import threading
 import time
 from array import array
@@ -28,6 +26,7 @@ from ._exceptions import ClosedError, FullError
 from ._layout import Identity, Modes
 from ._record import BLOCK_BYTES, encode_header, timestamps_bytes
 from ._segment import SegmentWriter
+from ._hooks import hooks
 from .launch._env import rank_from_env
 
 logger = logging.getLogger("distwal")
@@ -35,7 +34,6 @@ logger = logging.getLogger("distwal")
 # The newline is our delimiter; dataclasses go to _default, which refuses non-mappings.
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS
 _ERROR_BACKOFF = 0.5  # seconds between retries after a failed write (disk full, EIO)
-_SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
 _LOCK_PROBE = 0.05  # seconds: a buffer lock held longer than this is held by the interrupted thread
 
 
@@ -110,7 +108,7 @@ class Writer:
         self._thread.start()
         if not self.config.disable_sender:
             self._elector = self._make_elector()
-        _hooks.attach(self)
+        hooks.attach(self)
 
     def _claim_folder(self, first_seq: int, continues: str | None = None) -> None:
         """Create writers/<new id>/ with its metadata, first segment and heartbeat."""
@@ -335,7 +333,7 @@ class Writer:
             self._room = -1
             self._space.notify_all()
         if self._dir_fd < 0:  # a forked child that never logged: it owns no files
-            _hooks.detach(self)
+            hooks.detach(self)
             return True
         target = self._seq
         durable = self._wait_durable(target, timeout)
@@ -361,7 +359,7 @@ class Writer:
             # A leader ships what finished and dead writers left, its own records included.
             self._elector.stop(drain_timeout=max(0.0, deadline - time.monotonic()))
             self._elector = None
-        _hooks.detach(self)
+        hooks.detach(self)
         return ok
 
     @property
@@ -592,67 +590,3 @@ class Writer:
                 os.close(fd)
             except OSError:
                 pass
-
-
-class _Hooks:
-    """Process-wide hooks: at exit, multiprocessing finalizers, SIGTERM, fork."""
-
-    def __init__(self) -> None:
-        self.writers: list[Writer] = []
-        self._previous_sigterm: Any = None
-        self._installed_sigterm = False
-        self._finalizers: set[str] = set()
-        os.register_at_fork(after_in_child=self._after_fork_in_child)
-        import atexit
-
-        atexit.register(self.at_exit)
-
-    def attach(self, writer: Writer) -> None:
-        if writer not in self.writers:
-            self.writers.append(writer)
-        self._install_sigterm()
-        # Pool workers leave through os._exit: atexit never runs there, their finalizers do.
-        for name in ("multiprocessing.util", "multiprocess.util"):
-            util = sys.modules.get(name)
-            if util is not None and name not in self._finalizers:
-                util.Finalize(None, self.at_exit, exitpriority=100)
-                self._finalizers.add(name)
-
-    def detach(self, writer: Writer) -> None:
-        if writer in self.writers:
-            self.writers.remove(writer)
-
-    def at_exit(self) -> None:
-        for writer in list(self.writers):
-            writer.finish(timeout=writer.config.exit_timeout)
-
-    def _install_sigterm(self) -> None:
-        if self._installed_sigterm or threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._installed_sigterm = True
-        except (ValueError, OSError):
-            pass
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        # Take no lock here for long: the interrupted thread may hold it.
-        for writer in list(self.writers):
-            if not writer._durable_soon(_SIGTERM_GRACE):
-                writer._resignal = signum
-                writer._poke()
-                return  # let log() finish; the flusher raises the signal again after writing
-        previous = self._previous_sigterm
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def _after_fork_in_child(self) -> None:
-        self._finalizers.clear()
-        for writer in self.writers:
-            writer._after_fork_in_child()
-
-
-_hooks = _Hooks()

@@ -39,12 +39,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "distwal"))
 
 
 def _finish_all_writers() -> None:
-    from distwal import _api, _writer
+    from distwal import _api, _hooks
 
     current = _api._current
     if current is not None:
         current.finish(timeout=5.0)
-    for writer in list(_writer._hooks.writers):  # writers built directly, not through init()
+    for writer in list(_hooks.hooks.writers):  # writers built directly, not through init()
         writer.finish(timeout=5.0)
     _api._current = None
 

@@ -1,0 +1,83 @@
+"""Process-wide hooks every writer relies on: exit, pool finalizers, SIGTERM, fork.
+
+- atexit, and multiprocessing's (and multiprocess's) finalizers: pool workers leave
+  through os._exit, where only their finalizers run. Each finishes the writers with
+  DISTWAL_EXIT_TIMEOUT, so no exit hangs.
+- SIGTERM (torchrun's way of stopping the survivors of a failed rank): make everything
+  durable within about a second, then the previous handler or the default action.
+- fork: the child forgets the parent's writer state and files; it gets its own writer
+  on its first log.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+_SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
+
+
+class Hooks:
+    """Process-wide hooks: at exit, multiprocessing finalizers, SIGTERM, fork."""
+
+    def __init__(self) -> None:
+        self.writers: list[Any] = []  # Writer objects
+        self._previous_sigterm: Any = None
+        self._installed_sigterm = False
+        self._finalizers: set[str] = set()
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        atexit.register(self.at_exit)
+
+    def attach(self, writer: Any) -> None:
+        if writer not in self.writers:
+            self.writers.append(writer)
+        self._install_sigterm()
+        # Pool workers leave through os._exit: atexit never runs there, their finalizers do.
+        for name in ("multiprocessing.util", "multiprocess.util"):
+            util = sys.modules.get(name)
+            if util is not None and name not in self._finalizers:
+                util.Finalize(None, self.at_exit, exitpriority=100)
+                self._finalizers.add(name)
+
+    def detach(self, writer: Any) -> None:
+        if writer in self.writers:
+            self.writers.remove(writer)
+
+    def at_exit(self) -> None:
+        for writer in list(self.writers):
+            writer.finish(timeout=writer.config.exit_timeout)
+
+    def _install_sigterm(self) -> None:
+        if self._installed_sigterm or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed_sigterm = True
+        except (ValueError, OSError):
+            pass
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        # Take no lock here for long: the interrupted thread may hold it.
+        for writer in list(self.writers):
+            if not writer._durable_soon(_SIGTERM_GRACE):
+                writer._resignal = signum
+                writer._poke()
+                return  # let log() finish; the flusher raises the signal again after writing
+        previous = self._previous_sigterm
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _after_fork_in_child(self) -> None:
+        self._finalizers.clear()
+        for writer in self.writers:
+            writer._after_fork_in_child()
+
+
+hooks = Hooks()
