@@ -176,6 +176,33 @@ def _find_next_block(fd: int, pos: int, size: int) -> int | None:
     return None
 
 
+def last_seq_on_disk(dir_fd: int, segment: int = 0, offset: int = 0) -> int:
+    """The last seq of the whole blocks from (segment, offset) on, reading headers only.
+
+    For status: cheap (one small read per block) and never more than a header is trusted;
+    bodies are not verified here, the sender does that. 0 when there is no block.
+    """
+    last = 0
+    for index, name in list_segments(dir_fd):
+        if index < segment:
+            continue
+        fd = open_segment(dir_fd, name)
+        if fd is None:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            pos = offset if index == segment else 0
+            while pos + HEADER_SIZE <= size:
+                header = parse_header(os.pread(fd, HEADER_SIZE, pos))
+                if header is None or pos + HEADER_SIZE + header.body_len > size:
+                    break
+                last = header.last_seq
+                pos += HEADER_SIZE + header.body_len
+        finally:
+            os.close(fd)
+    return last
+
+
 def list_segments(dir_fd: int) -> list[tuple[int, str]]:
     """(index, name) of every segment in a writer folder, in order; other names are ignored."""
     found = []

@@ -20,6 +20,7 @@ from ._election import read_lease, recorded_sink
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity
 from ._liveness import probe_process
 from ._scan import WriterFiles, load_writer
+from ._segment import last_seq_on_disk
 
 
 
@@ -81,8 +82,6 @@ def _writer_row(
     meta = files.meta or {}
     beat = files.heartbeat or {}
     finish = files.finish
-    records = int((finish or {}).get("seq") or beat.get("durable_seq") or 0)
-    logged = int(beat.get("seq") or records)
     age = _age(now, beat.get("ts"))
     if adopted:
         state = "adopted"
@@ -90,14 +89,19 @@ def _writer_row(
         state = "finished"
     else:
         state = _live_state(meta, age, me, lease_s)
+    # The heartbeat may be a second old, or the last one of a killed writer: what is on
+    # disk counts too (block headers only, from the cursor on).
+    on_disk = max(_on_disk(files.path, pos), pos.seq)
+    durable = int((finish or {}).get("seq") or 0) if finish is not None else max(int(beat.get("durable_seq") or 0), on_disk)
+    logged = max(int(beat.get("seq") or 0), durable)
     return {
         "writer": files.id,
         **_who(meta),
         "state": state,
-        "records": max(records, logged, pos.seq),
-        "durable_seq": records,
+        "records": logged,
+        "durable_seq": durable,
         "acked_seq": pos.seq,
-        "pending_records": max(0, records - pos.seq),
+        "pending_records": max(0, durable - pos.seq),
         "pending_bytes": _pending_bytes(files.path, pos),
         "dead_letters": pos.dead,
         "dropped": int(beat.get("dropped") or (finish or {}).get("dropped") or 0),
@@ -105,6 +109,17 @@ def _writer_row(
         "error": beat.get("error"),
         "started": meta.get("started"),
     }
+
+
+def _on_disk(path: str, pos: Position) -> int:
+    try:
+        fd = _layout.open_dir(path)
+    except OSError:
+        return 0
+    try:
+        return last_seq_on_disk(fd, pos.segment, pos.offset)
+    finally:
+        os.close(fd)
 
 
 def _live_state(meta: dict[str, Any], age: float | None, me: Identity, lease_s: float) -> str:

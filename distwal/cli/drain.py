@@ -12,7 +12,7 @@ import sys
 import time
 
 from .._config import Config
-from .._election import LeaseWatch
+from .._election import LeaseWatch, release_lease
 from .._layout import Identity, Modes, check_dir, ensure_domain
 from .._leader import Elector, build_sender
 from ._common import require_run_dir, resolve_dir
@@ -66,4 +66,5 @@ def run(args: list[str]) -> int:
         return 0
     finally:
         sender.close()
+        release_lease(root, elector.epoch, elector.modes)
         elector.lock.release()

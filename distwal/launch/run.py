@@ -40,7 +40,8 @@ def preferred_alive(value: str, me: Identity) -> bool:
         boot_id, pid_ns, pid, create_time = value.split(":")
         if boot_id != me.boot_id or int(pid_ns) != me.pid_ns:
             return False  # another host's sidecar: our own node has its own, or none
-        return probe_process(int(pid), float(create_time), thorough=False) is not False
+        # thorough: a killed sidecar nobody reaped yet is a zombie, and zombies do not lead
+        return probe_process(int(pid), float(create_time), thorough=True) is not False
     except ValueError:
         return False
 
