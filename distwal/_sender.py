@@ -36,6 +36,8 @@ DEFAULT_BATCH_RECORDS = 20_000
 DEFAULT_BATCH_BYTES = 4 << 20
 BUSY_PAUSE = 0.0  # seconds between cycles while there is a backlog
 IDLE_PAUSE = 0.05  # seconds between cycles when nothing was pending
+SMALL_BATCH = 1000  # records: a batch this small means the writers are trickling ...
+LINGER = 0.2  # seconds: ... so let more gather before the next request
 DISCOVER_EVERY = 0.5  # seconds between listings of writers/
 LIVENESS_EVERY = 0.25  # seconds between liveness checks
 HEALTH_EVERY = 1.0  # seconds between writes of sender.json
@@ -172,6 +174,8 @@ class Sender:
                         return "deadline"
                 if not sent:
                     self._pause(IDLE_PAUSE, stop)
+                elif sent < SMALL_BATCH and deadline is None:
+                    self._pause(LINGER, stop)  # a trickle: fewer, larger batches cost the sink less
             return "stopped"
         except LostLeadership as exc:
             return str(exc) or "lost leadership"
