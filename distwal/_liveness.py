@@ -55,6 +55,7 @@ def probe_process(pid: int, create_time: float, thorough: bool) -> bool | None:
 class _Beat:
     token: Any
     changed_at: float
+    changes: int = 0  # times we saw it change: more than 0 proves a live writer, for now
 
 
 class LivenessJudge:
@@ -72,6 +73,7 @@ class LivenessJudge:
         self.clock = clock
         self.probe = probe
         self._beats: dict[str, _Beat] = {}
+        self._probed: set[str] = set()  # writers already given the thorough probe once
         self._last_tick = clock()
 
     def tick(self) -> None:
@@ -88,8 +90,10 @@ class LivenessJudge:
     def observe(self, writer_id: str, token: Any) -> None:
         """Record the writer's heartbeat token (anything that changes when it beats)."""
         beat = self._beats.get(writer_id)
-        if beat is None or beat.token != token:
+        if beat is None:
             self._beats[writer_id] = _Beat(token, self.clock())
+        elif beat.token != token:
+            beat.token, beat.changed_at, beat.changes = token, self.clock(), beat.changes + 1
 
     def is_dead(self, writer_id: str, meta: dict[str, Any] | None) -> bool:
         if meta is not None and self.same_kernel(meta):
@@ -97,12 +101,19 @@ class LivenessJudge:
                 pid, started = int(meta["pid"]), float(meta["create_time"])
             except (KeyError, TypeError, ValueError):
                 return False
-            # Beating means alive; after a silence, look closer (pid reuse, zombie).
+            # Beating means alive. At first sight and after a silence, look closer: the pid
+            # may be reused, or a zombie its parent has not reaped yet.
             silent = self.silent_for(writer_id)
-            thorough = silent is None or silent >= _THOROUGH_AFTER
+            thorough = writer_id not in self._probed or silent is None or silent >= _THOROUGH_AFTER
+            self._probed.add(writer_id)
             return self.probe(pid, started, thorough) is False
         beat = self._beats.get(writer_id)
         return beat is not None and self.clock() - beat.changed_at >= self.lease_s
+
+    def seen_beating(self, writer_id: str) -> bool:
+        """True once we have seen this writer's heartbeat change with our own eyes."""
+        beat = self._beats.get(writer_id)
+        return beat is not None and beat.changes > 0
 
     def silent_for(self, writer_id: str) -> float | None:
         beat = self._beats.get(writer_id)
@@ -110,3 +121,4 @@ class LivenessJudge:
 
     def forget(self, writer_id: str) -> None:
         self._beats.pop(writer_id, None)
+        self._probed.discard(writer_id)

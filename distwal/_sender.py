@@ -26,7 +26,7 @@ from ._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes
 from ._liveness import LivenessJudge
 from ._scan import ENVELOPE_KEYS, WriterFiles, load_writer
-from ._segment import Block, Damage, read_segment
+from ._segment import Block, Damage, last_seq_on_disk, read_segment
 from .sinks import Batch, Chunk, Sink
 
 logger = logging.getLogger("distwal")
@@ -63,7 +63,6 @@ class Tracked:
     idle_since: float | None = None
     next_check: float = 0.0
     exhausted: bool = False  # the last read found nothing more
-    heartbeat_token: Any = None
     quarantined: int = 0
 
     @property
@@ -230,12 +229,27 @@ class Sender:
         return True
 
     def pending_marks(self) -> dict[str, int]:
-        """Each known writer's last durable seq, as its heartbeat or finish mark says."""
+        """Each known writer's last seq now: its finish mark, heartbeat, or what is on disk."""
         marks = {}
         for t in self.writers.values():
             mark = t.finished or self._heartbeat(t) or {}
-            marks[t.id] = int(mark.get("durable_seq", mark.get("seq", 0)) or 0)
+            noted = int(mark.get("durable_seq", mark.get("seq", 0)) or 0)
+            marks[t.id] = max(noted, last_seq_on_disk(t.dir_fd, t.pos.segment, t.pos.offset))
         return marks
+
+    def settling(self) -> list[str]:
+        """Writers a drain still has to make up its mind about: adopted and not yet removed,
+        or on another host and neither seen beating nor silent for a lease yet. Finished
+        writers are delivered through their marks; live ones are never waited for."""
+        waiting = []
+        for t in self.writers.values():
+            if t.finished is not None:
+                continue
+            if t.adopted_at is not None:
+                waiting.append(t.id)
+            elif not self.judge.same_kernel(t.files.meta or {}) and not self.judge.seen_beating(t.id):
+                waiting.append(t.id)
+        return waiting
 
     def _pause(self, seconds: float, stop: Callable[[], bool]) -> None:
         deadline = self.clock() + seconds

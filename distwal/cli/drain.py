@@ -51,8 +51,8 @@ def run(args: list[str]) -> int:
               f"{sum(marks.values())} records up to their marks", file=sys.stderr)
         while True:
             sent = sender.cycle()
-            if not sent and sender.delivered_through(marks):
-                break  # a pass that found nothing more: dead writers are read to their end
+            if not sent and sender.delivered_through(marks) and not sender.settling():
+                break  # a pass that found nothing more, and no dead writer left to adopt or remove
             if sender.lease.lost or time.monotonic() >= deadline:
                 reason = sender.lease.lost or f"timeout after {opts.timeout:.0f}s"
                 print(f"distwal drain: not everything was delivered: {reason}; sink state "
