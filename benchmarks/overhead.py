@@ -68,7 +68,7 @@ def main(short: bool = False) -> str:
         table = f"| case | result |\n|---|---|\n| training overhead | not measured: {missing} |\n"
         print(table)
         return table
-    ranks, steps, reps = (2, 40, 1) if short else (4, 300, 4)
+    ranks, steps, reps = (2, 40, 1) if short else (4, 1000, 3)
     tmp = tempfile.mkdtemp(prefix="distwal-overhead-")
     with_times: dict[int, list[float]] = {r: [] for r in range(ranks)}
     without_times: dict[int, list[float]] = {r: [] for r in range(ranks)}
