@@ -3,7 +3,8 @@
     python benchmarks/run.py            # full: large N, many repetitions, creates benchmarks/.venv-weave if missing,
                                         #       rewrites the results section of benchmarks/README.md
     python benchmarks/run.py --short    # CI: small N, few repetitions, never creates a venv, README untouched
-    python benchmarks/run.py append     # only the named benchmark(s)
+    python benchmarks/run.py append     # only the named benchmark(s); the README is left alone
+    python benchmarks/run.py --readme ship   # the named ones, and their sections of the README (the others stay)
 
 A benchmark is any module benchmarks/<name>.py (not starting with "_", not this file) that
 defines `main(short: bool) -> str`: it prints its own table as it goes and returns it as
@@ -102,26 +103,51 @@ def load() -> str:
         return "?"
 
 
+def _split_results(inner: str) -> tuple[str, list[tuple[str, str]]]:
+    """The inside of the results block: (text before the first section, [(name, body), ...])."""
+    head: list[str] = []
+    sections: list[tuple[str, list[str]]] = []
+    for line in inner.splitlines():
+        if line.startswith("### "):
+            sections.append((line[4:].strip(), []))
+        elif sections:
+            sections[-1][1].append(line)
+        else:
+            head.append(line)
+    return "\n".join(head).strip(), [(name, "\n".join(body).strip()) for name, body in sections]
+
+
 def update_readme(sections: list[tuple[str, str]], about: str, when: str) -> None:
-    body = [START, "", f"Measured {when} on: {about}.", ""]
-    for name, md in sections:
-        body += [f"### {name}", "", md.rstrip(), ""]
-    body.append(END)
-    block = "\n".join(body)
+    """Replace the sections of the benchmarks that ran; keep the others as they were.
+
+    Each section starts with the line saying when and where it was measured (an older
+    layout had one such line for the whole block: it moves into the sections it covered).
+    """
     text = open(README).read() if os.path.exists(README) else "# Benchmarks\n\n## Latest results\n\n"
+    old: list[tuple[str, str]] = []
     if START in text and END in text:
         head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
+        inner, tail = rest.split(END, 1)
+        shared, old = _split_results(inner)
+        if shared.startswith("Measured "):
+            old = [(name, body if body.startswith("Measured ") else f"{shared}\n\n{body}") for name, body in old]
     else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
+        head, tail = text.rstrip("\n") + "\n\n", "\n"
+    fresh = {name: f"Measured {when} on: {about}.\n\n{md.rstrip()}" for name, md in sections}
+    merged = [(name, fresh.pop(name, body)) for name, body in old] + list(fresh.items())
+    body = [START, ""]
+    for name, md in merged:
+        body += [f"### {name}", "", md, ""]
+    body.append(END)
     with open(README, "w") as f:
-        f.write(text)
+        f.write(head + "\n".join(body) + tail)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="CI mode: small N, few repetitions, no venv creation")
+    parser.add_argument("--readme", action="store_true",
+                        help="full mode with named benchmarks: replace their sections of the README, keep the others")
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     args = parser.parse_args()
 
@@ -156,11 +182,12 @@ def main() -> int:
 
     about += f"; 1-minute load average {load_start} at the start, {load()} at the end (2 cores: above 0.5 means other work shared the machine)"
     print(f"\n{about}")
-    if not args.short and not failed and not args.names:
+    if not args.short and not failed and (not args.names or args.readme):
         update_readme(sections, about, when)
-        print(f"\nwrote the results section of {os.path.relpath(README)}")
+        print(f"\nwrote the results of {', '.join(n for n, _ in sections)} in {os.path.relpath(README)}")
     elif not args.short and (failed or args.names):
-        print("\nbenchmarks/README.md not updated: " + ("some failed" if failed else "only some benchmarks ran"))
+        print("\nbenchmarks/README.md not updated: "
+              + ("some failed" if failed else "only some benchmarks ran (add --readme to write their sections)"))
     if failed:
         print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)
         return 1

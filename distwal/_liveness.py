@@ -110,6 +110,9 @@ class LivenessJudge:
         beat = self._beats.get(writer_id)
         return beat is not None and self.clock() - beat.changed_at >= self.lease_s
 
+    def seen(self, writer_id: str) -> bool:
+        return writer_id in self._beats
+
     def seen_beating(self, writer_id: str) -> bool:
         """True once we have seen this writer's heartbeat change with our own eyes."""
         beat = self._beats.get(writer_id)

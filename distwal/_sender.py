@@ -39,7 +39,7 @@ IDLE_PAUSE = 0.05  # seconds between cycles when nothing was pending
 SMALL_BATCH = 1000  # records: a batch this small means the writers are trickling ...
 LINGER = 0.2  # seconds: ... so let more gather before the next request
 DISCOVER_EVERY = 0.5  # seconds between listings of writers/
-LIVENESS_EVERY = 0.25  # seconds between liveness checks
+LIVENESS_EVERY = 0.5  # seconds between liveness checks (heartbeats change once a second)
 HEALTH_EVERY = 1.0  # seconds between writes of sender.json
 MAX_IDLE_BACKOFF = 1.0  # seconds: an idle writer is checked at most this rarely
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0  # seconds, retries of an unavailable sink
@@ -63,6 +63,7 @@ class Tracked:
     idle_since: float | None = None
     next_check: float = 0.0
     exhausted: bool = False  # the last read found nothing more
+    heartbeat_token: Any = None
     quarantined: int = 0
 
     @property
@@ -288,16 +289,20 @@ class Sender:
         for t in list(self.writers.values()):
             if t.adopted_at is not None or t.finished is not None:
                 continue
-            if _layout.exists(t.dir_fd, _layout.FINISH):
-                t.files.finish = _layout.read_json_quietly(t.dir_fd, _layout.FINISH)
-                t.exhausted = False
-                if t.files.finish is not None:
-                    continue
             try:
                 st = os.stat(_layout.HEARTBEAT, dir_fd=t.dir_fd, follow_symlinks=False)
                 token: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
             except OSError:
                 token = None  # unreadable is not evidence of death
+            # finish() writes its mark, then a last heartbeat: look for the mark only when the
+            # heartbeat changed (or on first sight), not at every check of every writer.
+            if token != t.heartbeat_token or not self.judge.seen(t.id):
+                t.heartbeat_token = token
+                if _layout.exists(t.dir_fd, _layout.FINISH):
+                    t.files.finish = _layout.read_json_quietly(t.dir_fd, _layout.FINISH)
+                    t.exhausted = False
+                    if t.files.finish is not None:
+                        continue
             self.judge.observe(t.id, token)
             if self.judge.is_dead(t.id, t.files.meta):
                 self._adopt(t)

@@ -115,6 +115,7 @@ class IngestServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # a reply is headers then body: never wait for a delayed ACK
     server: IngestServer
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server naming
