@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	# torchrun tests and the DDP example: a CPU build that installs from a local file here.
 	$(BIN)/python -m pip install --quiet torch==2.13.0 numpy || echo "torch 2.13.0 not installable: its tests will skip"
+	$(BIN)/python -m pip install --quiet atheris || echo "atheris not installable: the fuzz test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,6 +31,7 @@ import portalocker
 from portalocker.portalocker import LockfLocker
 
 from . import _layout
+from ._exceptions import LayoutError
 from ._layout import Modes
 
 logger = logging.getLogger("distwal")
@@ -67,11 +69,21 @@ class LeaderLock:
         if self._fd < 0:
             dir_fd = _layout.open_dir(self.root)
             try:
-                self._fd = os.open(
-                    LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, self.modes.file, dir_fd=dir_fd
+                fd = os.open(
+                    LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, self.modes.file,
+                    dir_fd=dir_fd,
                 )
+            except OSError as exc:
+                raise LayoutError(
+                    f"{os.path.join(self.root, LOCK)} cannot be the leader lock ({exc.strerror}): "
+                    "remove whatever was planted there"
+                ) from None
             finally:
                 os.close(dir_fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise LayoutError(f"{os.path.join(self.root, LOCK)} is not a regular file: remove it")
+            self._fd = fd
         try:
             _LOCKER.lock(self._fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
         except portalocker.AlreadyLocked:
@@ -95,21 +107,18 @@ class LeaderLock:
 
 
 def _epochs_fd(root: str, modes: Modes) -> int:
-    root_fd = _layout.open_dir(root)
-    try:
-        try:
-            return _layout.make_subdir(root_fd, EPOCHS, modes)
-        except FileExistsError:
-            return _layout.open_dir(EPOCHS, dir_fd=root_fd)
-    finally:
-        os.close(root_fd)
+    return _layout.ensure_subdir(root, EPOCHS, modes)
 
 
 def highest_epoch(root: str) -> int:
     try:
-        names = os.listdir(os.path.join(root, EPOCHS))
-    except FileNotFoundError:
+        fd = _layout.open_dir(os.path.join(root, EPOCHS))
+    except OSError:
         return 0
+    try:
+        names = os.listdir(fd)
+    finally:
+        os.close(fd)
     return max((e for e in map(parse_epoch_name, names) if e is not None), default=0)
 
 
@@ -143,6 +152,11 @@ def claim_epoch(root: str, owner: dict[str, Any], modes: Modes) -> int:
         os.close(fd)
 
 
+def _epoch_of(lease: dict[str, Any]) -> int:
+    epoch = lease.get("epoch")
+    return epoch if type(epoch) is int else 0
+
+
 def read_lease(root: str) -> dict[str, Any] | None:
     return _layout.read_root_json(root, LEASE)
 
@@ -150,7 +164,7 @@ def read_lease(root: str) -> dict[str, Any] | None:
 def release_lease(root: str, epoch: int, modes: Modes) -> None:
     """Mark our lease released, for status; only if no newer leader has replaced it."""
     lease = read_lease(root)
-    if lease is None or int(lease.get("epoch", 0)) != epoch:
+    if lease is None or _epoch_of(lease) != epoch:
         return
     lease.update(released=True, ts=time.time())
     try:
@@ -205,7 +219,7 @@ class LeaseKeeper:
         if newest > self.epoch:
             return self._lose(f"epoch {newest} was claimed by another leader")
         lease = read_lease(self.root)
-        if lease is not None and int(lease.get("epoch", 0)) > self.epoch:
+        if lease is not None and _epoch_of(lease) > self.epoch:
             return self._lose(f"the lease belongs to epoch {lease.get('epoch')}")
         self.renewals += 1
         body = {**self.owner, "epoch": self.epoch, "n": self.renewals, "ts": time.time(), "lease_s": self.lease_s}

@@ -249,8 +249,11 @@ def write_atomic(dir_fd: int, name: str, data: bytes, modes: Modes, durable: boo
         write_all(fd, data)
         if durable:
             os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        _unlink_quietly(dir_fd, tmp)  # a full disk must not leave temp files behind
+        raise
+    os.close(fd)
     try:
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
@@ -360,8 +363,11 @@ def create_once(dir_fd: int, name: str, data: bytes, modes: Modes) -> bool:
     try:
         write_all(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        _unlink_quietly(dir_fd, tmp)
+        raise
+    os.close(fd)
     try:
         os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         os.fsync(dir_fd)
@@ -370,6 +376,35 @@ def create_once(dir_fd: int, name: str, data: bytes, modes: Modes) -> bool:
         return False
     finally:
         _unlink_quietly(dir_fd, tmp)
+
+
+def copy_once(src: int, start: int, end: int, dir_fd: int, name: str, modes: Modes) -> int:
+    """Copy bytes [start, end) of `src` into a new file `name` (if absent), a chunk at a time."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = create_file(dir_fd, tmp, modes)
+    copied = 0
+    try:
+        pos = start
+        while pos < end:
+            chunk = os.pread(src, min(1 << 20, end - pos), pos)
+            if not chunk:
+                break
+            write_all(fd, chunk)
+            pos += len(chunk)
+            copied += len(chunk)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        try:
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            os.fsync(dir_fd)
+        except FileExistsError:
+            pass
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        _unlink_quietly(dir_fd, tmp)
+    return copied
 
 
 def ensure_domain(path: str, modes: Modes) -> str:

@@ -33,8 +33,8 @@ def probe_process(pid: int, create_time: float, thorough: bool) -> bool | None:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    except OSError:
-        return None
+    except (OSError, OverflowError, ValueError):
+        return None  # not a pid this kernel has (a damaged or foreign meta): cannot tell
     if not thorough:
         return True
     import psutil

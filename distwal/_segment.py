@@ -70,7 +70,10 @@ class SegmentWriter:
                     rest = rest[os.write(self._fd, rest) :]
         except OSError:
             self._cut_back(start)
-            raise
+            if count == 1:
+                raise
+            # Perhaps only part fits (a disk filling up): make what fits durable, block by block.
+            return self.append_many(blocks[:1])
         self.offset = start + size
         return count
 
@@ -166,6 +169,12 @@ def _read_block(fd: int, segment: int, pos: int, size: int) -> Block | None:
 
 def _find_next_block(fd: int, pos: int, size: int) -> int | None:
     while pos < size:
+        try:
+            pos = os.lseek(fd, pos, os.SEEK_DATA)  # skip holes: a sparse file holds no block there
+        except OSError:
+            return None  # ENXIO: nothing but a hole up to the end
+        if pos >= size:
+            return None
         chunk = os.pread(fd, _RESYNC_CHUNK + HEADER_SIZE, pos)
         at = chunk.find(MAGIC)
         while at != -1 and at < _RESYNC_CHUNK:

@@ -46,6 +46,11 @@ BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0  # seconds, retries of an unavailable sink
 PAUSED_RETRY = 30.0  # seconds before retrying a sink that refused our credentials
 
 
+def _int(value: Any) -> int:
+    """An integer field of a mark another process wrote; 0 when it is not one."""
+    return value if type(value) is int else 0
+
+
 class LostLeadership(Exception):
     """Raised inside the loop when this process must stop sending at once."""
 
@@ -209,14 +214,14 @@ class Sender:
             if t.finished is not None or t.adopted_at is not None:
                 if not t.exhausted:
                     return False
-                if t.finished is not None and t.pos.seq < int(t.finished.get("seq", 0)):
+                if t.finished is not None and t.pos.seq < _int(t.finished.get("seq")):
                     return False
         return True
 
     def progress(self) -> dict[str, int]:
         """Acknowledged so far, and what finished writers still have to deliver."""
         pending = sum(
-            max(0, int(t.finished.get("seq", 0)) - t.pos.seq) for t in self.writers.values() if t.finished is not None
+            max(0, _int(t.finished.get("seq")) - t.pos.seq) for t in self.writers.values() if t.finished is not None
         )
         return {"acked_records": self.health.acked_records, "pending_records": pending, "writers": len(self.writers)}
 
@@ -234,7 +239,7 @@ class Sender:
         marks = {}
         for t in self.writers.values():
             mark = t.finished or self._heartbeat(t) or {}
-            noted = int(mark.get("durable_seq", mark.get("seq", 0)) or 0)
+            noted = _int(mark.get("durable_seq", mark.get("seq")))
             marks[t.id] = max(noted, last_seq_on_disk(t.dir_fd, t.pos.segment, t.pos.offset))
         return marks
 
@@ -263,6 +268,8 @@ class Sender:
     # -- discovery and liveness ------------------------------------------------------------
 
     def _discover(self) -> None:
+        if os.fstat(self._fds[_layout.WRITERS]).st_nlink == 0:
+            raise LostLeadership(f"{self.root}/{_layout.WRITERS} was removed: starting over")
         for sub in (_layout.WRITERS, ADOPTED):
             for name in os.listdir(self._fds[sub]):
                 if name not in self.writers and _layout.is_writer_id(name):
@@ -403,12 +410,16 @@ class Sender:
                 yield from read_segment(fd, segment, offset)
             finally:
                 os.close(fd)
-            if not _layout.exists(t.dir_fd, _layout.format_segment_name(segment + 1)):
+            following = self._later_segment(t, segment)
+            if following is None:
                 return
+            if following != segment + 1:
+                logger.error("distwal: writer %s: segments %08x..%08x are missing; reading on at %08x",
+                             t.id, segment + 1, following - 1, following)
             # Sealed: once everything in it is acknowledged, the cursor moves to the next one.
             if t.pos.segment == segment and t.pos.offset >= size:
-                self._move(t, replace(t.pos, segment=segment + 1, offset=0))
-            segment, offset = segment + 1, 0
+                self._move(t, replace(t.pos, segment=following, offset=0))
+            segment, offset = following, 0
 
     def _later_segment(self, t: Tracked, segment: int) -> int | None:
         indexes = [i for i in map(_layout.parse_segment_name, os.listdir(t.dir_fd)) if i is not None and i > segment]
@@ -422,7 +433,7 @@ class Sender:
         resume = damage.end
         if not final:
             beat = self._heartbeat(t) or {}
-            mark = (int(beat.get("segment", 0)), int(beat.get("offset", 0)))
+            mark = (_int(beat.get("segment")), _int(beat.get("offset")))
             if (damage.segment, damage.start) >= mark:
                 return False  # above the durable watermark: not yet written
             if damage.at_tail and mark[0] == damage.segment:
@@ -442,13 +453,15 @@ class Sender:
         if src is None:
             return
         try:
-            data = os.pread(src, end - start, start)
+            copied = _layout.copy_once(src, start, end, self._fds[QUARANTINE], name, self.modes)
+        except OSError as exc:
+            logger.error("distwal: writer %s: cannot quarantine %d bytes: %s", t.id, end - start, exc)
+            copied = 0
         finally:
             os.close(src)
-        _layout.create_once(self._fds[QUARANTINE], name, data, self.modes)
-        t.quarantined += len(data)
-        self.health.quarantined_bytes += len(data)
-        logger.error("distwal: writer %s: %d corrupt bytes at %08x:%d quarantined", t.id, len(data), segment, start)
+        t.quarantined += copied
+        self.health.quarantined_bytes += copied
+        logger.error("distwal: writer %s: %d corrupt bytes at %08x:%d quarantined", t.id, end - start, segment, start)
 
     def _heartbeat(self, t: Tracked) -> dict[str, Any] | None:
         beat: dict[str, Any] | None = _layout.read_json_quietly(t.dir_fd, _layout.HEARTBEAT)
@@ -549,17 +562,25 @@ class Sender:
             lowest = min([t.pos.dead_min, *refused]) if t.pos.dead_min else min(refused, default=0)
             self._move(t, Position(seq, segment, offset, t.pos.dead + len(refused), max([t.pos.dead_max, *refused]),
                                    lowest))
-        self._save_book()
+        if not self._save_book():
+            return  # the acknowledged segments stay until the cursor that covers them is durable
         for writer_id in acked:
             t = self.writers.get(writer_id)
             if t is not None:
                 self._unlink_acknowledged_segments(t)
 
-    def _save_book(self) -> None:
+    def _save_book(self) -> bool:
+        """Make the cursor book durable; False (logged, retried next time) if it cannot be."""
         if not self._book_dirty:
-            return
-        write_cursors(self.root, self.book, self.lease.epoch, self.modes)
+            return True
+        try:
+            write_cursors(self.root, self.book, self.lease.epoch, self.modes)
+        except OSError as exc:
+            self.health.last_error = f"cannot save the cursor book: {exc.strerror or exc}"
+            logger.error("distwal: %s; nothing is removed until it can be", self.health.last_error)
+            return False
         self._book_dirty = False
+        return True
 
     def _unlink_acknowledged_segments(self, t: Tracked) -> None:
         for name in os.listdir(t.dir_fd):
@@ -567,8 +588,8 @@ class Sender:
             if index is not None and index < t.pos.segment:
                 try:
                     os.unlink(name, dir_fd=t.dir_fd)
-                except FileNotFoundError:
-                    pass
+                except OSError:
+                    pass  # gone already, or a directory planted under a segment's name
 
     # -- retiring ------------------------------------------------------------------------
 
@@ -578,7 +599,7 @@ class Sender:
             if not t.exhausted:
                 continue
             if t.finished is not None:
-                if t.pos.seq < int(t.finished.get("seq", 0)):
+                if t.pos.seq < _int(t.finished.get("seq")):
                     continue
             elif t.adopted_at is None:
                 continue

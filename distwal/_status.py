@@ -36,7 +36,8 @@ def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
     book = read_cursors(root)
     lease = read_lease(root)
     health = _layout.read_root_json(root, SENDER)
-    lease_s = float((lease or {}).get("lease_s") or 15.0)
+    raw_lease: Any = (lease or {}).get("lease_s")
+    lease_s = float(raw_lease) if isinstance(raw_lease, (int, float)) and raw_lease > 0 else 15.0
     writers = []
     for sub, adopted in ((_layout.WRITERS, False), (ADOPTED, True)):
         for files in _folders(os.path.join(root, sub)):
@@ -92,8 +93,8 @@ def _writer_row(
     # The heartbeat may be a second old, or the last one of a killed writer: what is on
     # disk counts too (block headers only, from the cursor on).
     on_disk = max(_on_disk(files.path, pos), pos.seq)
-    durable = int((finish or {}).get("seq") or 0) if finish is not None else max(int(beat.get("durable_seq") or 0), on_disk)
-    logged = max(int(beat.get("seq") or 0), durable)
+    durable = _int((finish or {}).get("seq")) if finish is not None else max(_int(beat.get("durable_seq")), on_disk)
+    logged = max(_int(beat.get("seq")), durable)
     return {
         "writer": files.id,
         **_who(meta),
@@ -104,7 +105,7 @@ def _writer_row(
         "pending_records": max(0, durable - pos.seq),
         "pending_bytes": _pending_bytes(files.path, pos),
         "dead_letters": pos.dead,
-        "dropped": int(beat.get("dropped") or (finish or {}).get("dropped") or 0),
+        "dropped": _int(beat.get("dropped")) or _int((finish or {}).get("dropped")),
         "heartbeat_age": age,
         "error": beat.get("error"),
         "started": meta.get("started"),
@@ -139,15 +140,15 @@ def _who(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _history_row(tomb: dict[str, Any]) -> dict[str, Any]:
-    meta = tomb.get("meta") or {}
-    finish = tomb.get("finish") or {}
+    meta = tomb.get("meta") if isinstance(tomb.get("meta"), dict) else {}
+    finish = tomb.get("finish") if isinstance(tomb.get("finish"), dict) else {}
     return {
         "writer": tomb.get("writer"),
         **_who(meta),
         "state": tomb.get("state"),
-        "records": int(finish.get("seq") or tomb.get("acked_seq") or 0),
-        "acked_seq": int(tomb.get("acked_seq") or 0),
-        "dead_letters": int(tomb.get("dead_letters") or 0),
+        "records": _int(finish.get("seq")) or _int(tomb.get("acked_seq")),
+        "acked_seq": _int(tomb.get("acked_seq")),
+        "dead_letters": _int(tomb.get("dead_letters")),
         "removed": tomb.get("removed"),
     }
 
@@ -202,27 +203,51 @@ def _pending_bytes(path: str, pos: Position) -> int:
 
 
 def _count_lines(path: str) -> int:
+    """Newlines in the files of a folder, read a chunk at a time (never a line at a time)."""
+    return sum(_scan_files(path, lambda fd: _count_newlines(fd)))
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(_scan_files(path, lambda fd: os.fstat(fd).st_size))
+
+
+def _scan_files(path: str, measure: Any) -> list[int]:
+    """measure(fd) of every regular file in the folder `path`; no link is followed."""
     try:
         dir_fd = _layout.open_dir(path)
     except OSError:
-        return 0
-    total = 0
+        return []
+    found = []
     try:
         for name in os.listdir(dir_fd):
             fd = _layout.open_regular(dir_fd, name)
             if fd is not None:
-                with os.fdopen(fd, "rb") as f:
-                    total += sum(1 for _ in f)
+                try:
+                    found.append(int(measure(fd)))
+                finally:
+                    os.close(fd)
     finally:
         os.close(dir_fd)
-    return total
+    return found
 
 
-def _dir_bytes(path: str) -> int:
-    try:
-        return sum(os.lstat(os.path.join(path, name)).st_size for name in os.listdir(path))
-    except OSError:
-        return 0
+def _count_newlines(fd: int) -> int:
+    total, pos = 0, 0
+    while True:
+        try:
+            pos = os.lseek(fd, pos, os.SEEK_DATA)  # holes hold no newline
+        except OSError:
+            return total  # ENXIO: only a hole is left
+        chunk = os.pread(fd, 1 << 20, pos)
+        if not chunk:
+            return total
+        total += chunk.count(b"\n")
+        pos += len(chunk)
+
+
+def _int(value: Any) -> int:
+    """An integer field of a file another process wrote; 0 when it is not one."""
+    return value if type(value) is int else 0
 
 
 def _age(now: float, ts: Any) -> float | None:

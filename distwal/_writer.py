@@ -416,6 +416,9 @@ class Writer:
                 self._note_error(exc)
                 if stopping:
                     break
+                # Keep beating (with the error): a writer that cannot write is not dead, and
+                # another host's leader must not take it for dead.
+                next_heartbeat = self._beat_if_due(next_heartbeat)
                 time.sleep(_ERROR_BACKOFF)
                 continue
             if self._resignal:
@@ -423,18 +426,23 @@ class Writer:
                 os.kill(os.getpid(), signum)  # the handler runs again, now that log() let go
             if stopping and not self._unwritten and not self._buf and not self._sealed:
                 break
-            if time.monotonic() >= next_heartbeat:
-                next_heartbeat = time.monotonic() + self.config.heartbeat_interval
-                try:
-                    if self._adopted():
-                        self._reincarnate()
-                    if self.config.max_pending_bytes is not None:
-                        self._refresh_acked()
-                    self._write_heartbeat("live")
-                except OSError as exc:
-                    self._note_error(exc)
+            next_heartbeat = self._beat_if_due(next_heartbeat)
         with self._progress:
             self._progress.notify_all()
+
+    def _beat_if_due(self, due: float) -> float:
+        """Renew the heartbeat when `due` (monotonic) has passed; return the next due time."""
+        if time.monotonic() < due:
+            return due
+        try:
+            if self._adopted():
+                self._reincarnate()
+            if self.config.max_pending_bytes is not None:
+                self._refresh_acked()
+            self._write_heartbeat("live")
+        except OSError as exc:
+            self._note_error(exc)
+        return time.monotonic() + self.config.heartbeat_interval
 
     def _commit(self) -> None:
         """Write the sealed blocks; fdatasync once; publish the new watermark.

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from typing import Any, Iterable, Sequence
 
-from .._exceptions import ConfigError, SinkUnavailable, StaleEpoch
+from .._exceptions import ConfigError, SinkRejected, SinkUnavailable, StaleEpoch
 from ._base import Batch, Sink
 
 logger = logging.getLogger("distwal")
@@ -113,12 +113,28 @@ class SQLiteSink(Sink):
 def _rows(batch: Batch) -> Iterable[Row]:
     for chunk in batch.chunks:
         m = chunk.meta
-        writer, host, pid, rank, run = chunk.writer, m.get("host"), m.get("pid"), m.get("rank"), m.get("run")
-        local_rank, attempt = m.get("local_rank"), m.get("attempt")
+        # Metadata comes from a file in the shared directory: store it only as the types the
+        # columns promise, so one odd writer cannot stall a whole batch forever.
+        host, run = _text(m.get("host")), _text(m.get("run"))
+        pid, rank, local_rank, attempt = (_integer(m.get(k)) for k in ("pid", "rank", "local_rank", "attempt"))
         seq = chunk.first_seq
         for ts, line in zip(chunk.ts, chunk.lines):
-            yield (writer, seq, ts, host, pid, rank, run, local_rank, attempt, line.decode())
+            try:
+                data = line.decode()
+            except UnicodeDecodeError:
+                # Not what a writer wrote (orjson writes UTF-8): refuse it, so the sender
+                # bisects to it and keeps it as a dead letter.
+                raise SinkRejected(f"{chunk.writer} seq {seq}: the record is not UTF-8 JSON") from None
+            yield (chunk.writer, seq, ts, host, pid, rank, run, local_rank, attempt, data)
             seq += 1
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _integer(value: Any) -> int | None:
+    return value if type(value) is int and -(2**63) <= value < 2**63 else None
 
 
 def _on_nfs(path: str) -> bool:
