@@ -26,6 +26,7 @@ from ._election import (
     LeaseWatch,
     claim_epoch,
     highest_epoch,
+    read_lease,
     record_sink,
     release_lease,
 )
@@ -214,7 +215,14 @@ class Elector:
         """Take the lock (or a stale lease), check the sink, claim the next epoch, write the lease."""
         if time.monotonic() < self._resume_at or not self._may_lead():
             return False
-        if not self.lock.try_acquire() and not self.watch.stale():
+        locked = self.lock.try_acquire()
+        stale = self.watch.stale()
+        if not locked and not stale:
+            return False
+        if locked and not stale and self._lease_held_without_lock():
+            # The leader took over through a stale lease and never had the lock: the lock
+            # being free says nothing about it. Its lease still moves, so leave it be (and keep
+            # the lock: we take over through it once that lease goes stale).
             return False
         recorded = record_sink(self.config.dir, self.config.sink, self.modes)
         if recorded != self.config.sink:
@@ -228,9 +236,19 @@ class Elector:
             self.lock.release()
             self._resume_at = time.monotonic() + 10 * CONTEND_INTERVAL
             return False
+        self.owner["locked"] = locked  # lets the next contender tell a dead holder from a lockless leader
         self.epoch = claim_epoch(self.config.dir, self.owner, self.modes)
         LeaseKeeper(self.config.dir, self.epoch, self.owner, self.config.lease_s, self.modes).renew_if_due()
         return True
+
+    def _lease_held_without_lock(self) -> bool:
+        lease = read_lease(self.config.dir)
+        return (
+            lease is not None
+            and lease.get("locked") is False
+            and not lease.get("released")
+            and lease.get("owner") != self.owner.get("owner")
+        )
 
     def supervise(self) -> None:
         """Step down when the sender ended: lost lease, newer epoch, or a crash."""

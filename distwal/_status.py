@@ -140,8 +140,8 @@ def _who(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _history_row(tomb: dict[str, Any]) -> dict[str, Any]:
-    meta = tomb.get("meta") if isinstance(tomb.get("meta"), dict) else {}
-    finish = tomb.get("finish") if isinstance(tomb.get("finish"), dict) else {}
+    meta: dict[str, Any] = tomb["meta"] if isinstance(tomb.get("meta"), dict) else {}
+    finish: dict[str, Any] = tomb["finish"] if isinstance(tomb.get("finish"), dict) else {}
     return {
         "writer": tomb.get("writer"),
         **_who(meta),
