@@ -15,7 +15,7 @@ import orjson
 
 from . import _layout
 from ._exceptions import LayoutError
-from ._segment import Block, Damage, list_segments, open_segment, read_segment
+from ._segment import Block, Damage, open_segments, read_segment
 
 logger = logging.getLogger("distwal")
 
@@ -93,16 +93,8 @@ def iter_items(path: str, segment: int = 0, offset: int = 0) -> Iterator[Block |
     except OSError:
         return
     try:
-        for index, name in list_segments(dir_fd):
-            if index < segment:
-                continue
-            fd = open_segment(dir_fd, name)
-            if fd is None:
-                continue
-            try:
-                yield from read_segment(fd, index, offset if index == segment else 0)
-            finally:
-                os.close(fd)
+        for index, fd, start in open_segments(dir_fd, segment, offset):
+            yield from read_segment(fd, index, start)
     finally:
         os.close(dir_fd)
 

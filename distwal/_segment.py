@@ -185,13 +185,11 @@ def _find_next_block(fd: int, pos: int, size: int) -> int | None:
     return None
 
 
-def last_seq_on_disk(dir_fd: int, segment: int = 0, offset: int = 0) -> int:
-    """The last seq of the whole blocks from (segment, offset) on, reading headers only.
+def open_segments(dir_fd: int, segment: int = 0, offset: int = 0) -> Iterator[tuple[int, int, int]]:
+    """(index, open fd, where to start reading) of each segment from (segment, offset) on.
 
-    For status: cheap (one small read per block) and never more than a header is trusted;
-    bodies are not verified here, the sender does that. 0 when there is no block.
+    Each descriptor is closed when the caller asks for the next one (or stops).
     """
-    last = 0
     for index, name in list_segments(dir_fd):
         if index < segment:
             continue
@@ -199,16 +197,26 @@ def last_seq_on_disk(dir_fd: int, segment: int = 0, offset: int = 0) -> int:
         if fd is None:
             continue
         try:
-            size = os.fstat(fd).st_size
-            pos = offset if index == segment else 0
-            while pos + HEADER_SIZE <= size:
-                header = parse_header(os.pread(fd, HEADER_SIZE, pos))
-                if header is None or pos + HEADER_SIZE + header.body_len > size:
-                    break
-                last = header.last_seq
-                pos += HEADER_SIZE + header.body_len
+            yield index, fd, offset if index == segment else 0
         finally:
             os.close(fd)
+
+
+def last_seq_on_disk(dir_fd: int, segment: int = 0, offset: int = 0) -> int:
+    """The last seq of the whole blocks from (segment, offset) on, reading headers only.
+
+    For status: cheap (one small read per block) and never more than a header is trusted;
+    bodies are not verified here, the sender does that. 0 when there is no block.
+    """
+    last = 0
+    for _index, fd, pos in open_segments(dir_fd, segment, offset):
+        size = os.fstat(fd).st_size
+        while pos + HEADER_SIZE <= size:
+            header = parse_header(os.pread(fd, HEADER_SIZE, pos))
+            if header is None or pos + HEADER_SIZE + header.body_len > size:
+                break
+            last = header.last_seq
+            pos += HEADER_SIZE + header.body_len
     return last
 
 
