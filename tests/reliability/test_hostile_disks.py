@@ -261,9 +261,10 @@ def test_disk_full_write_error_shows_in_the_heartbeat_while_a_heartbeat_fits(tmp
 
 
 @pytest.mark.xfail(strict=True, raises=KnownBug, reason=(
-    "BUG: distwal/_segment.py SegmentWriter.append_many writes every pending block in one writev and "
-    "cuts all of it back on ENOSPC (Writer._commit retries the same all-or-nothing set): with less free "
-    "space than is buffered nothing is made durable, although most blocks would fit"))
+    "LIMIT: blocks are written whole (SegmentWriter.append_many falls back to one block at a time on "
+    "ENOSPC, but never splits a block): while the flusher backs off on a full disk the buffer is sealed "
+    "as one large block, so when less space returns than that block needs, nothing is made durable "
+    "until more space returns (splitting a block at record boundaries on ENOSPC would fix it)"))
 def test_disk_full_writes_the_blocks_that_fit_when_some_space_returns(tmp_path, mounts):
     # Less space back than is buffered, but room for many blocks: what fits is made durable,
     # so a crash now would lose less.
