@@ -1,9 +1,11 @@
 """Simulated hosts on one machine: own pid namespace, own hostname, the same shared directory.
 
-    with sim_host(tmp_path, "nodeA") as host:                 # skips the test if unshare is refused
+    with sim_host("nodeA") as host:                           # skips the test if unshare is refused
         with host.start_writer(tmp_path, env, "a", pid=4242) as rank:   # cluster.WRITER on nodeA, pid 4242 there
             rank.wait_for("ready")
             host.kill()                                       # SIGKILL the namespace's init: all of nodeA dies
+        with host.start([sys.executable, "-m", "distwal", "status", wal], env, tmp_path) as cmd:  # any command
+            ...
 
 A host is `unshare --pid --uts --fork --mount-proc --kill-child` around a tiny init
 (pid 1 there) that sets the hostname and reaps orphans. Commands join it with
@@ -16,7 +18,9 @@ host, as containers on one node share it: liveness must key on boot id AND pid n
 `pid=N` makes the command run as pid N inside the host, through the host's
 /proc/sys/kernel/ns_last_pid (what CRIU uses): a small launcher writes N-1 there and forks
 until the child gets N (a pid still held by a zombie is retried until the deadline). That
-forces pid collisions across hosts, and a pid reused on the same host after a death.
+forces pid collisions across hosts, and a pid reused on the same host after a death. Start
+one command at a time on a host when one of them wants a pid (wait for its first line):
+another command forking on that host in between could take the pid.
 
 Killing: host.kill() SIGKILLs the host's init; the kernel then kills every process in the
 namespace and, before init's exit completes, waits for all of them, so when kill() returns

@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 import pytest
 from distwal._config import DEFAULT_HEARTBEAT_INTERVAL
+from distwal._sender import LIVENESS_EVERY
 from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     LEASE_S,
     FaultServer,
@@ -59,11 +60,12 @@ pytestmark = [pytest.mark.process, pytest.mark.reliability, pytest.mark.timeout(
 LEASE = float(LEASE_S)
 HEARTBEAT = DEFAULT_HEARTBEAT_INTERVAL
 # Adoption after a host dies: its last heartbeat was written at most HEARTBEAT before the
-# kill, and the leader declares it dead once it saw no change for LEASE. So the delay from
-# the kill lies in [LEASE - HEARTBEAT, LEASE + the leader's polling]; EARLY_SLACK and
-# LATE_MARGIN absorb scheduling on a loaded 2-core machine.
+# kill; the leader notices a change at its next liveness check (every LIVENESS_EVERY) and
+# declares death at the first check LEASE after that. So the delay from the kill lies in
+# [LEASE - HEARTBEAT, LEASE + 2 * LIVENESS_EVERY]; EARLY_SLACK and 0.75 s of LATE_MARGIN absorb
+# scheduling on a loaded 2-core machine.
 EARLY_SLACK = 0.2
-LATE_MARGIN = 1.5
+LATE_MARGIN = 2 * LIVENESS_EVERY + 0.75
 
 
 @pytest.fixture(autouse=True)
@@ -100,16 +102,22 @@ def meta_of(wal: Path, writer_id: str) -> dict[str, Any]:
     return meta
 
 
-def all_acked_stored(server: FaultServer, writers: dict[str, Child]) -> bool:
+def acked_so_far(writers: dict[str, Child]) -> dict[str, set[int]]:
+    """{writer id: seqs acknowledged up to now} (a snapshot: live writers go on logging)."""
+    return {writer_id: set(acks_of(child)) for writer_id, child in writers.items()}
+
+
+def all_stored(server: FaultServer, acked: dict[str, set[int]]) -> bool:
     stored = server.records()
-    return all(set(acks_of(child)) <= set(stored.get(writer_id, {})) for writer_id, child in writers.items())
+    return all(seqs <= set(stored.get(writer_id, {})) for writer_id, seqs in acked.items())
 
 
 def check_adoption_delay(delay: float, where: str | None, writer_id: str, context: str) -> None:
     assert where in ("adopted", "history"), f"{writer_id} left writers/ but is in {where}, not adopted {context}"
     assert LEASE - HEARTBEAT - EARLY_SLACK <= delay <= LEASE + LATE_MARGIN, (
         f"{writer_id} adopted {delay:.2f}s after its host died; expected {LEASE - HEARTBEAT:.1f}.."
-        f"{LEASE + LATE_MARGIN:.1f}s (lease {LEASE}s, heartbeat every {HEARTBEAT}s) {context}"
+        f"{LEASE + LATE_MARGIN:.1f}s (lease {LEASE}s, heartbeat every {HEARTBEAT}s, liveness checked every "
+        f"{LIVENESS_EVERY}s) {context}"
     )
 
 
@@ -155,7 +163,8 @@ def test_live_writer_on_another_host_is_never_adopted_while_its_heartbeat_moves(
         health = read_json(wal / "sender.json") or {}
         assert health.get("adopted") == 0, f"the leader adopted someone: {health} {context}"
         assert len(busy.lines_with("ack")) > 0, context
-        wait_until(lambda: all_acked_stored(server, {busy_id: busy, idle_id: idle}), 30,
+        acked = acked_so_far({busy_id: busy, idle_id: idle})
+        wait_until(lambda: all_stored(server, acked), 30,
                    f"the live remote writers' records delivered while they live {context}")
 
         finish_all([(busy, stop_remote), (idle, stop_remote), (lead, stop_lead)], context)
@@ -199,7 +208,8 @@ def test_dead_hosts_writers_are_adopted_after_the_lease_and_delivered_exactly_on
         for _, child in victims.values():
             child.wait()  # all stdout read: every "ack" line the rank wrote before it died
 
-        wait_until(lambda: all_acked_stored(server, {w: c for w, (_, c) in victims.items()}), 30,
+        acked = acked_so_far({w: c for w, (_, c) in victims.items()})
+        wait_until(lambda: all_stored(server, acked), 30,
                    f"the dead host's acknowledged records in the sink {context}")
         # An adopted folder is read for twice the lease (it might be a slow writer), then removed.
         wait_until(lambda: all(where_is(wal, w) == "history" for w in victims), 2 * LEASE + 10,
@@ -251,7 +261,8 @@ def test_same_pid_on_two_hosts_killing_one_host_adopts_only_its_writer(tmp_path,
         assert_stays_in_writers(wal, [b_id], 2 * LEASE, f"(after hostA's writer, same pid, was adopted) {context}")
         a.wait()
 
-        wait_until(lambda: all_acked_stored(server, {a_id: a}), 30, f"hostA's acked records in the sink {context}")
+        acked = acked_so_far({a_id: a})
+        wait_until(lambda: all_stored(server, acked), 30, f"hostA's acked records in the sink {context}")
         finish_all([(b, stop_b), (lead, stop_lead)], context)
         assert "lost its folder" not in b.stderr, f"hostB's live writer was adopted: {b.describe()} {context}"
         stored = server.records()
@@ -309,7 +320,7 @@ def test_same_host_dead_writer_whose_pid_was_reused_is_judged_dead_by_start_time
         lead_env = cluster_env(wal, server.url, DISTWAL_LEASE_S=str(long_lease))
         lead = stack.enter_context(host.start_writer(tmp_path, lead_env, "lead", stop=str(stop_lead),
                                                      pace=rng.uniform(0.005, 0.02)))
-        lead_id, lead_pid = ready(lead)
+        lead_id, _ = ready(lead)
         lead_started = time.time()
         wait_until(lambda: (read_json(wal / "leader.json") or {}).get("owner") == lead_id, 30,
                    f"the rank on the same host to lead {context}")
@@ -320,7 +331,8 @@ def test_same_host_dead_writer_whose_pid_was_reused_is_judged_dead_by_start_time
         print(f"victim adopted {delay:.2f}s after its leader started (lease {long_lease:.0f}s): start time proof")
         assert where_is(wal, control_id) == "writers", f"the live control writer was adopted {context}"
 
-        wait_until(lambda: all_acked_stored(server, {victim_id: victim}), 30, f"the victim's records {context}")
+        acked = acked_so_far({victim_id: victim})
+        wait_until(lambda: all_stored(server, acked), 30, f"the victim's records {context}")
         finish_all([(control, stop), (lead, stop_lead)], context)
         assert reuser.wait(10) == 0, reuser.describe()
         stored = server.records()
@@ -389,7 +401,8 @@ def test_clock_skew_of_minutes_changes_nothing_for_liveness(tmp_path, seed):
             child.wait()
         print(f"adopted after death: {', '.join(f'{n} ({skews[n]:+.0f}s) {d:.2f}s' for n, d in delays.items())}")
 
-        wait_until(lambda: all_acked_stored(server, {w: c for w, c in ranks.values()}), 30,
+        acked = acked_so_far({w: c for w, c in ranks.values()})
+        wait_until(lambda: all_stored(server, acked), 30,
                    f"the skewed writers' records {context}")
         finish_all([(lead, stop_lead)], context)
         stored = server.records()
