@@ -31,13 +31,28 @@ from ._election import (
     release_lease,
 )
 from ._layout import Identity, Modes
-from ._liveness import LivenessJudge
+from ._liveness import LivenessJudge, probe_process
 from ._sender import Sender
 
 logger = logging.getLogger("distwal")
 
 CONTEND_INTERVAL = 0.3  # seconds between lock attempts (jittered): failover within ~1 s
 RESTART_BACKOFF = 1.0  # seconds before re-contending after a sender ended by itself
+
+
+def owner_of(identity: Identity, kind: str, name: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Who leads, as the lease and the epoch files say it: enough for status, and for a
+    contender on the same kernel to prove the leader dead (boot id, pid namespace, start)."""
+    return {
+        "owner": name or f"{kind}-{identity.host}-{identity.pid}",
+        "kind": kind,
+        "host": identity.host,
+        "pid": identity.pid,
+        "boot_id": identity.boot_id,
+        "pid_ns": identity.pid_ns,
+        "create_time": identity.create_time,
+        **extra,
+    }
 
 
 def build_sender(config: Config, epoch: int, owner: dict[str, Any], domain: str, identity: Identity) -> Sender:
@@ -242,13 +257,18 @@ class Elector:
         return True
 
     def _lease_held_without_lock(self) -> bool:
+        """A live leader leads without the lock (it took over through a stale lease)."""
         lease = read_lease(self.config.dir)
-        return (
-            lease is not None
-            and lease.get("locked") is False
-            and not lease.get("released")
-            and lease.get("owner") != self.owner.get("owner")
-        )
+        if lease is None or lease.get("locked") is not False or lease.get("released"):
+            return False
+        if lease.get("owner") == self.owner.get("owner"):
+            return False
+        # On our kernel its process can be checked now, instead of waiting out its lease.
+        if lease.get("boot_id") == self.identity.boot_id and lease.get("pid_ns") == self.identity.pid_ns:
+            pid, started = lease.get("pid"), lease.get("create_time")
+            if type(pid) is int and isinstance(started, (int, float)):
+                return probe_process(pid, float(started), thorough=True) is not False
+        return True
 
     def supervise(self) -> None:
         """Step down when the sender ended: lost lease, newer epoch, or a crash."""

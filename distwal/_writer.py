@@ -184,16 +184,10 @@ class Writer:
         logger.warning("distwal: writer %s lost its folder (adopted, or removed); continuing as %s", old, self.id)
 
     def _make_elector(self) -> Any:
-        from ._leader import Elector, ProcessLeadership
+        from ._leader import Elector, ProcessLeadership, owner_of
         from .launch.run import ENV_PREFERRED, preferred_alive
 
-        owner = {
-            "owner": self.id,
-            "kind": "rank",
-            "host": self.identity.host,
-            "pid": self.identity.pid,
-            "rank": self.meta["rank"],
-        }
+        owner = owner_of(self.identity, "rank", self.id, rank=self.meta["rank"])
         config, domain, identity = self.config, self.domain, self.identity
         preferred = os.environ.get(ENV_PREFERRED, "")
 

@@ -14,7 +14,7 @@ import time
 from .._config import Config
 from .._election import LeaseWatch, release_lease
 from .._layout import Identity, Modes, check_dir, ensure_domain
-from .._leader import Elector, build_sender
+from .._leader import Elector, build_sender, owner_of
 from ._common import require_run_dir, resolve_dir
 
 POLL = 0.2  # seconds between attempts to take leadership
@@ -32,8 +32,7 @@ def run(args: list[str]) -> int:
     config = Config.load(dir=root, sink=opts.sink)
     domain = ensure_domain(root, Modes.for_config(config.shared_group))
     identity = Identity.of_this_process()
-    owner = {"owner": f"drain-{identity.host}-{identity.pid}", "kind": "drain", "host": identity.host,
-             "pid": identity.pid}
+    owner = owner_of(identity, "drain")
     elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
     deadline = time.monotonic() + opts.timeout
     waiting = LeaseWatch(root, config.lease_s)

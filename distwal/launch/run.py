@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from .._config import Config
 from .._layout import Identity, Modes, ensure_domain, prepare_dir
-from .._leader import Elector, ThreadLeadership, build_sender
+from .._leader import Elector, ThreadLeadership, build_sender, owner_of
 
 logger = logging.getLogger("distwal")
 
@@ -57,8 +57,7 @@ def run_command(
     prepare_dir(config.dir, modes)
     domain = ensure_domain(config.dir, modes)
     identity = Identity.of_this_process()
-    owner = {"owner": f"sidecar-{identity.host}-{identity.pid}", "kind": "sidecar", "host": identity.host,
-             "pid": identity.pid}
+    owner = owner_of(identity, "sidecar")
     elector = Elector(
         config, identity, owner, domain,
         start=lambda epoch: ThreadLeadership(build_sender(config, epoch, owner, domain, identity)),
