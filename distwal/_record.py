@@ -36,15 +36,31 @@ HEADER_SIZE = HEADER.size
 _HEADER_PREFIX = struct.Struct("<4sIQII")
 BLOCK_BYTES = 1 << 20  # payload bytes per block, unless one record is larger
 _TS_SIZE = 8
+_CRC_PIECE = 4096  # bytes: below zlib's 5 KiB threshold for releasing the GIL
 _SWAP = sys.byteorder != "little"
 
 
-def encode_header(first_seq: int, count: int, ts: bytes | memoryview, payload: bytes | memoryview) -> bytes:
+def encode_header(
+    first_seq: int, count: int, ts: bytes | memoryview, payload: bytes | bytearray | memoryview
+) -> bytes:
     """The header of the block whose body is ts + payload (passed apart, to avoid a copy)."""
     body_len = len(ts) + len(payload)
-    body_crc = zlib.crc32(payload, zlib.crc32(ts))
+    body_crc = crc32_holding_gil(payload, crc32_holding_gil(ts))
     prefix = _HEADER_PREFIX.pack(MAGIC, count, first_seq, body_len, body_crc)
     return prefix + struct.pack("<I", zlib.crc32(prefix))
+
+
+def crc32_holding_gil(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """zlib.crc32 in pieces small enough that zlib keeps the GIL (it lets go above 5 KiB).
+
+    The writer's flusher calls this: letting go of the GIL is cheap, getting it back from a
+    caller busy logging costs up to a switch interval (5 ms), once per call. About 0.3 ms
+    per MiB with the GIL held is the better deal.
+    """
+    view = memoryview(data)
+    for start in range(0, len(view), _CRC_PIECE):
+        crc = zlib.crc32(view[start : start + _CRC_PIECE], crc)
+    return crc
 
 
 def timestamps_bytes(ts: "array[float]") -> bytes:
