@@ -58,6 +58,14 @@ _SCRUB_PREFIXES = ("DISTWAL_", "TORCHELASTIC_", "SLURM_")
 _SCRUB_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
 
+def hermetic_environ() -> None:
+    """Remove distwal's and the launchers' variables from this process; it never leads."""
+    for name in list(os.environ):
+        if name.startswith(_SCRUB_PREFIXES) or name in _SCRUB_NAMES:
+            del os.environ[name]
+    os.environ["DISTWAL_DISABLE_SENDER"] = "1"
+
+
 def child_env(distwal_dir: str | os.PathLike[str] | None = None, sender: bool = False, **extra: str) -> dict[str, str]:
     """This environment without distwal's or a launcher's variables, plus the given ones.
 

@@ -21,8 +21,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reliability/: makes `hostile` importable
 
-_SCRUB_PREFIXES = ("DISTWAL_", "TORCHELASTIC_", "SLURM_")
-_SCRUB_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "LOCAL_WORLD_SIZE")
+from helpers.procs import hermetic_environ  # noqa: E402
+
 
 BINDFS_INSTALL = "apt-get install -y bindfs"
 
@@ -30,10 +30,7 @@ BINDFS_INSTALL = "apt-get install -y bindfs"
 @pytest.fixture(autouse=True)
 def _hermetic_environ(_finish_writers_and_restore_environ: None) -> Iterator[None]:
     """No distwal or launcher variable from the caller's shell; in-process writers never lead."""
-    for name in list(os.environ):
-        if name.startswith(_SCRUB_PREFIXES) or name in _SCRUB_NAMES:
-            del os.environ[name]
-    os.environ["DISTWAL_DISABLE_SENDER"] = "1"
+    hermetic_environ()
     yield
 
 

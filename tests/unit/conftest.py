@@ -9,19 +9,15 @@ tests/conftest.py restores os.environ afterwards.
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import pytest
 
-_SCRUB_PREFIXES = ("DISTWAL_", "TORCHELASTIC_", "SLURM_")
-_SCRUB_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "LOCAL_WORLD_SIZE")
+from helpers.procs import hermetic_environ
+
 
 
 @pytest.fixture(autouse=True)
 def _hermetic_environ(_finish_writers_and_restore_environ: None) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith(_SCRUB_PREFIXES) or name in _SCRUB_NAMES:
-            del os.environ[name]
-    os.environ["DISTWAL_DISABLE_SENDER"] = "1"
+    hermetic_environ()
     yield
