@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterator
 
 import orjson
 
 from . import _layout
 from ._exceptions import LayoutError
+from ._record import writer_tag
 from ._segment import Block, Damage, open_segments, read_segment
 
 logger = logging.getLogger("distwal")
@@ -32,6 +34,11 @@ class WriterFiles:
     heartbeat: dict[str, Any] | None
     finish: dict[str, Any] | None
     problems: list[str] = field(default_factory=list)
+
+    @cached_property
+    def tag(self) -> int:
+        """The writer_tag its blocks carry."""
+        return writer_tag(self.id)
 
     def envelope_prefix(self) -> bytes:
         """The constant head of this writer's envelopes: `{"writer":...,"run":...,` ."""
@@ -88,13 +95,14 @@ def load_writer(writers_fd: int, name: str, path: str) -> WriterFiles | None:
 
 def iter_items(path: str, segment: int = 0, offset: int = 0) -> Iterator[Block | Damage]:
     """Blocks and damaged spans of one writer folder, from (segment, offset) on."""
+    tag = writer_tag(os.path.basename(os.path.normpath(path)))
     try:
         dir_fd = _layout.open_dir(path)
     except OSError:
         return
     try:
         for index, fd, start in open_segments(dir_fd, segment, offset):
-            yield from read_segment(fd, index, start)
+            yield from read_segment(fd, index, start, writer=tag)
     finally:
         os.close(dir_fd)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from array import array
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Iterator, Sequence, Union
 
 from . import _layout
 from ._layout import Modes
@@ -19,6 +19,8 @@ from ._record import HEADER_SIZE, MAGIC, decode_body, parse_header
 
 _RESYNC_CHUNK = 1 << 20  # bytes read at a time while looking for the next valid block
 _IOV_MAX = 1024  # buffers one writev may take (Linux)
+
+Part = Union[bytes, bytearray, memoryview]  # a piece of a block, as writev takes it
 
 
 class SegmentWriter:
@@ -40,11 +42,11 @@ class SegmentWriter:
         self.offset = 0
         self._fd = -1
 
-    def append(self, parts: list[bytes | memoryview]) -> None:
+    def append(self, parts: Sequence[Part]) -> None:
         """Write one block (its header, then its body parts) at the end of the current segment."""
         self.append_many([parts])
 
-    def append_many(self, blocks: list[list[bytes | memoryview]]) -> int:
+    def append_many(self, blocks: Sequence[Sequence[Part]]) -> int:
         """Write blocks in order with one writev where they fit; return how many were written.
 
         One system call per commit matters: the flusher gives up the GIL for each call and
@@ -53,7 +55,7 @@ class SegmentWriter:
         """
         if self._fd < 0 or self.offset >= self._segment_bytes:
             self._next_segment()
-        iov: list[bytes | memoryview] = []
+        iov: list[Part] = []
         size = count = 0
         for parts in blocks:
             if count and (self.offset + size >= self._segment_bytes or len(iov) + len(parts) > _IOV_MAX):
@@ -139,25 +141,28 @@ class Damage:
 Item = Union[Block, Damage]
 
 
-def read_segment(fd: int, segment: int = 0, offset: int = 0) -> Iterator[Item]:
-    """Iterate the blocks and damaged spans of one open segment from `offset` to its end."""
+def read_segment(fd: int, segment: int = 0, offset: int = 0, *, writer: int) -> Iterator[Item]:
+    """Iterate the blocks and damaged spans of one open segment from `offset` to its end.
+
+    `writer` is the writer_tag of the folder: a block with another tag is damage here.
+    """
     size = os.fstat(fd).st_size
     pos = offset
     while pos < size:
-        block = _read_block(fd, segment, pos, size)
+        block = _read_block(fd, writer, segment, pos, size)
         if block is not None:
             yield block
             pos = block.end
             continue
-        resume = _find_next_block(fd, pos + 1, size)
+        resume = _find_next_block(fd, writer, pos + 1, size)
         yield Damage(segment, pos, resume if resume is not None else size, at_tail=resume is None)
         if resume is None:
             return
         pos = resume
 
 
-def _read_block(fd: int, segment: int, pos: int, size: int) -> Block | None:
-    header = parse_header(os.pread(fd, HEADER_SIZE, pos))
+def _read_block(fd: int, writer: int, segment: int, pos: int, size: int) -> Block | None:
+    header = parse_header(os.pread(fd, HEADER_SIZE, pos), writer)
     if header is None or pos + HEADER_SIZE + header.body_len > size:
         return None
     decoded = decode_body(header, os.pread(fd, header.body_len, pos + HEADER_SIZE))
@@ -167,7 +172,7 @@ def _read_block(fd: int, segment: int, pos: int, size: int) -> Block | None:
     return Block(segment, pos, pos + HEADER_SIZE + header.body_len, header.first_seq, ts, lines)
 
 
-def _find_next_block(fd: int, pos: int, size: int) -> int | None:
+def _find_next_block(fd: int, writer: int, pos: int, size: int) -> int | None:
     while pos < size:
         try:
             pos = os.lseek(fd, pos, os.SEEK_DATA)  # skip holes: a sparse file holds no block there
@@ -178,7 +183,7 @@ def _find_next_block(fd: int, pos: int, size: int) -> int | None:
         chunk = os.pread(fd, _RESYNC_CHUNK + HEADER_SIZE, pos)
         at = chunk.find(MAGIC)
         while at != -1 and at < _RESYNC_CHUNK:
-            if _read_block(fd, 0, pos + at, size) is not None:
+            if _read_block(fd, writer, 0, pos + at, size) is not None:
                 return pos + at
             at = chunk.find(MAGIC, at + 1)
         pos += _RESYNC_CHUNK
@@ -202,7 +207,7 @@ def open_segments(dir_fd: int, segment: int = 0, offset: int = 0) -> Iterator[tu
             os.close(fd)
 
 
-def last_seq_on_disk(dir_fd: int, segment: int = 0, offset: int = 0) -> int:
+def last_seq_on_disk(dir_fd: int, segment: int = 0, offset: int = 0, *, writer: int) -> int:
     """The last seq of the whole blocks from (segment, offset) on, reading headers only.
 
     For status: cheap (one small read per block) and never more than a header is trusted;
@@ -212,7 +217,7 @@ def last_seq_on_disk(dir_fd: int, segment: int = 0, offset: int = 0) -> int:
     for _index, fd, pos in open_segments(dir_fd, segment, offset):
         size = os.fstat(fd).st_size
         while pos + HEADER_SIZE <= size:
-            header = parse_header(os.pread(fd, HEADER_SIZE, pos))
+            header = parse_header(os.pread(fd, HEADER_SIZE, pos), writer)
             if header is None or pos + HEADER_SIZE + header.body_len > size:
                 break
             last = header.last_seq

@@ -240,7 +240,7 @@ class Sender:
         for t in self.writers.values():
             mark = t.finished or self._heartbeat(t) or {}
             noted = _int(mark.get("durable_seq", mark.get("seq")))
-            marks[t.id] = max(noted, last_seq_on_disk(t.dir_fd, t.pos.segment, t.pos.offset))
+            marks[t.id] = max(noted, last_seq_on_disk(t.dir_fd, t.pos.segment, t.pos.offset, writer=t.files.tag))
         return marks
 
     def settling(self) -> list[str]:
@@ -407,7 +407,7 @@ class Sender:
                 continue
             try:
                 size = os.fstat(fd).st_size
-                yield from read_segment(fd, segment, offset)
+                yield from read_segment(fd, segment, offset, writer=t.files.tag)
             finally:
                 os.close(fd)
             following = self._later_segment(t, segment)

@@ -92,7 +92,7 @@ def _writer_row(
         state = _live_state(meta, age, me, lease_s)
     # The heartbeat may be a second old, or the last one of a killed writer: what is on
     # disk counts too (block headers only, from the cursor on).
-    on_disk = max(_on_disk(files.path, pos), pos.seq)
+    on_disk = max(_on_disk(files, pos), pos.seq)
     durable = _int((finish or {}).get("seq")) if finish is not None else max(_int(beat.get("durable_seq")), on_disk)
     logged = max(_int(beat.get("seq")), durable)
     return {
@@ -112,13 +112,13 @@ def _writer_row(
     }
 
 
-def _on_disk(path: str, pos: Position) -> int:
+def _on_disk(files: WriterFiles, pos: Position) -> int:
     try:
-        fd = _layout.open_dir(path)
+        fd = _layout.open_dir(files.path)
     except OSError:
         return 0
     try:
-        return last_seq_on_disk(fd, pos.segment, pos.offset)
+        return last_seq_on_disk(fd, pos.segment, pos.offset, writer=files.tag)
     finally:
         os.close(fd)
 

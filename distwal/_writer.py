@@ -9,6 +9,7 @@ writes them, and fdatasyncs once per group commit, and only when something is ne
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import select
@@ -24,7 +25,7 @@ from . import _layout
 from ._config import Config
 from ._exceptions import ClosedError, FullError
 from ._layout import Identity, Modes
-from ._record import BLOCK_BYTES, encode_header, timestamps_bytes
+from ._record import BLOCK_BYTES, Sealed, timestamps_bytes, writer_tag
 from ._segment import SegmentWriter
 from ._hooks import hooks
 from .launch._env import rank_from_env
@@ -34,6 +35,7 @@ logger = logging.getLogger("distwal")
 # The newline is our delimiter; dataclasses go to _default, which refuses non-mappings.
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS
 _ERROR_BACKOFF = 0.5  # seconds between retries after a failed write (disk full, EIO)
+_HEADROOM = 16 * 1024  # bytes of a full disk left for the marks (heartbeat, finish) liveness reads
 _LOCK_PROBE = 0.05  # seconds: a buffer lock held longer than this is held by the interrupted thread
 
 
@@ -82,8 +84,9 @@ class Writer:
         self._stamp = self._ts.append  # bound once per block: one lookup less per log()
         self._seq = 0  # last seq handed out
         self._sealed: list[tuple[int, "array[float]", bytearray]] = []  # full blocks for the flusher
-        self._unwritten: collections.deque[tuple[int, int, list[Any]]] = collections.deque()
+        self._unwritten: collections.deque[Sealed] = collections.deque()  # sealed, not yet on disk
         self._held_bytes = 0  # sealed or unwritten: in memory, not yet on disk
+        self._disk_full = False  # ENOSPC lately: write only what leaves _HEADROOM free
         self._room = min(BLOCK_BYTES, self.config.max_buffer_bytes)  # how large _buf may grow before the slow path
         self._written_seq = 0
         self._durable_seq = 0
@@ -113,6 +116,7 @@ class Writer:
     def _claim_folder(self, first_seq: int, continues: str | None = None) -> None:
         """Create writers/<new id>/ with its metadata, first segment and heartbeat."""
         self.id = _layout.format_writer_id(self.identity)
+        self._tag = writer_tag(self.id)
         self._path = os.path.join(self.config.dir, _layout.WRITERS, self.id)
         writers_fd = _layout.open_dir(os.path.dirname(self._path))
         try:
@@ -442,44 +446,80 @@ class Writer:
         """Write the sealed blocks; fdatasync once; publish the new watermark.
 
         A block that cannot be written (disk full, EIO) stays in memory and is retried in
-        order on the next cycle; nothing behind it is written before it.
+        order on the next cycle; nothing behind it is written before it. On a full disk the
+        block is split at record boundaries until what fits is written.
         """
         with self._lock:
             if self._buf:
                 self._seal()
             sealed, self._sealed = self._sealed, []
         for first_seq, ts, payload in sealed:
-            # No copy of the payload (memory stays within max_buffer_bytes), and a CRC that
-            # keeps the GIL: the only hand-offs per commit are the writev and the fdatasync.
-            ts_bytes = timestamps_bytes(ts)
-            header = encode_header(first_seq, len(ts), ts_bytes, payload)
-            self._unwritten.append((first_seq + len(ts) - 1, len(payload), [header, ts_bytes, payload]))
+            # Memory stays within max_buffer_bytes (no copy of the payload), and the only
+            # GIL hand-offs per commit are the writev and the fdatasync.
+            self._unwritten.append(Sealed.of(first_seq, timestamps_bytes(ts), payload))
         if not self._unwritten or self._over_pending_budget():
             return
         segments = self._segments
         assert segments is not None
+        unwritten = self._unwritten
         written = 0
+        error: OSError | None = None
         try:
-            while self._unwritten:
+            while unwritten:
                 self._segment_sizes[segments.index] = segments.offset
-                count = segments.append_many([parts for _, _, parts in self._unwritten])
+                try:
+                    count = segments.append_many(self._batch())
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC or self._disk_full:
+                        raise
+                    self._disk_full = True
+                    continue
                 for _ in range(count):
-                    last_seq, size, _ = self._unwritten.popleft()
-                    written += size
-                    self._written_seq = last_seq
-            if self._fdatasync:
-                segments.sync()
-        finally:
-            if written:
+                    block = unwritten.popleft()
+                    written += len(block.payload)
+                    self._written_seq = block.last_seq
+            self._disk_full = False
+        except OSError as exc:
+            error = exc  # what was written before it is made durable all the same
+        if written:
+            try:
+                if self._fdatasync:
+                    segments.sync()
+            finally:
                 with self._lock:
                     self._held_bytes -= written
                     self._set_room()
                     self._space.notify_all()
-        self._durable_at = (segments.index, segments.offset)
-        with self._progress:
-            self._durable_seq = self._written_seq
-            self._progress.notify_all()
+            self._durable_at = (segments.index, segments.offset)
+            with self._progress:
+                self._durable_seq = self._written_seq
+                self._progress.notify_all()
+        if error is not None:
+            raise error
         self._last_error = None
+
+    def _batch(self) -> list[list[bytes | bytearray]]:
+        """The unwritten blocks to write now: all of them, unless the disk was full lately;
+        then those that leave _HEADROOM free, the first one cut at a record boundary if need be."""
+        unwritten, tag = self._unwritten, self._tag
+        if not self._disk_full:
+            return [block.parts(tag) for block in unwritten]
+        st = os.fstatvfs(self._dir_fd)
+        room = st.f_bavail * st.f_frsize - _HEADROOM
+        batch = []
+        for block in unwritten:
+            if block.size > room:
+                break
+            batch.append(block.parts(tag))
+            room -= block.size
+        if batch:
+            return batch
+        halves = unwritten[0].split(room)
+        if halves is None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        unwritten.popleft()
+        unwritten.extendleft(reversed(halves))
+        return [halves[0].parts(tag)]
 
     def _over_pending_budget(self) -> bool:
         """True while the bytes on disk not yet acknowledged exceed max_pending_bytes.

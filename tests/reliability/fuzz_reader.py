@@ -36,7 +36,7 @@ import orjson
 
 with atheris.instrument_imports():
     from distwal import _layout, _scan, _segment
-    from distwal._record import encode_header, timestamps_bytes
+    from distwal._record import encode_block, timestamps_bytes, writer_tag
     from distwal._segment import Block, Damage
 
     if os.environ.get("FUZZ_STATUS") == "1":
@@ -49,6 +49,7 @@ _segment._RESYNC_CHUNK = 64  # small resync reads: chunk boundaries fall inside 
 WRITER_ID = "fuzzhost-0123abcd-4026531836-42-1700000000000-deadbeef"
 ROOT = tempfile.mkdtemp(prefix="distwal-fuzz-")
 MAX_ITEMS = 100_000
+TAG = writer_tag(WRITER_ID)  # the segments fed to the reader are this writer's
 
 
 def check_reader(segment: bytes, offset: int) -> set[tuple[int, bytes]]:
@@ -56,7 +57,7 @@ def check_reader(segment: bytes, offset: int) -> set[tuple[int, bytes]]:
     fd = os.memfd_create("segment")
     try:
         _layout.write_all(fd, segment)
-        items = list(itertools.islice(_segment.read_segment(fd, 0, offset), MAX_ITEMS))
+        items = list(itertools.islice(_segment.read_segment(fd, 0, offset, writer=TAG), MAX_ITEMS))
     finally:
         os.close(fd)
     assert len(items) < MAX_ITEMS, "read_segment keeps yielding: a loop"
@@ -67,7 +68,7 @@ def check_reader(segment: bytes, offset: int) -> set[tuple[int, bytes]]:
             assert item.offset == pos and item.end > pos, (item, pos)
             payload = b"".join(line + b"\n" for line in item.lines)
             ts = timestamps_bytes(item.ts)
-            rebuilt = encode_header(item.first_seq, len(item.lines), ts, payload) + ts + payload
+            rebuilt = encode_block(TAG, item.first_seq, ts, payload)
             assert segment[item.offset : item.end] == rebuilt, "a block that is not the bytes it came from"
             found.update((item.first_seq + k, line) for k, line in enumerate(item.lines))
             pos = item.end
@@ -151,7 +152,7 @@ def seed_corpus() -> str:
     def block(first: int, recs: list[dict]) -> bytes:
         payload = b"".join(orjson.dumps(r) + b"\n" for r in recs)
         ts = timestamps_bytes(array("d", [1.7e9 + first + k for k in range(len(recs))]))
-        return encode_header(first, len(recs), ts, payload) + ts + payload
+        return encode_block(TAG, first, ts, payload)
 
     segment = block(1, [{"i": 1}, {"i": 2}]) + block(3, [{"step": 3, "loss": 0.5}]) + block(4, [{}] * 3)
     meta = orjson.dumps({"writer": WRITER_ID, "host": "h", "pid": 42, "rank": 0, "run": "r", "first_seq": 1})

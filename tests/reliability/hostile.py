@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from distwal._layout import Identity, Modes, ensure_domain, format_segment_name, format_writer_id, prepare_dir
-from distwal._record import encode_header, timestamps_bytes
+from distwal._record import encode_block, timestamps_bytes, writer_tag
 
 MODES = Modes.for_config(False)
 T0 = 1.7e9
@@ -54,19 +54,22 @@ def record_of(tag: str, i: int) -> dict[str, Any]:
     return {"w": tag, "i": i}
 
 
-def block_bytes(first_seq: int, recs: list[dict[str, Any]], t0: float = T0) -> bytes:
+def block_bytes(writer_id: str, first_seq: int, recs: list[dict[str, Any]], t0: float = T0) -> bytes:
+    """A block of `recs` as writer `writer_id` writes it (its header carries the writer's tag)."""
     payload = b"".join(orjson.dumps(r) + b"\n" for r in recs)
     ts = timestamps_bytes(array("d", [t0 + first_seq + k / 8 for k in range(len(recs))]))
-    return encode_header(first_seq, len(recs), ts, payload) + ts + payload
+    return encode_block(writer_tag(writer_id), first_seq, ts, payload)
 
 
-def segment_bytes(first_seq: int, blocks: list[list[dict[str, Any]]]) -> tuple[bytes, list[tuple[int, int]]]:
-    """A segment holding `blocks` from first_seq on, and the (start, end) of each block."""
+def segment_bytes(
+    writer_id: str, first_seq: int, blocks: list[list[dict[str, Any]]]
+) -> tuple[bytes, list[tuple[int, int]]]:
+    """A segment of writer `writer_id` holding `blocks` from first_seq on, and the (start, end) of each block."""
     out = bytearray()
     spans = []
     seq = first_seq
     for recs in blocks:
-        raw = block_bytes(seq, recs)
+        raw = block_bytes(writer_id, seq, recs)
         spans.append((len(out), len(out) + len(raw)))
         out += raw
         seq += len(recs)
@@ -126,7 +129,7 @@ class Book:
                     records[seq + k] = record_of(tag, i + k)
                 i += count
                 seq += count
-            data, block_spans = segment_bytes(seq - sum(chunk), recs)
+            data, block_spans = segment_bytes(writer_id, seq - sum(chunk), recs)
             first = seq - sum(chunk)
             for (start, end), count in zip(block_spans, chunk):
                 spans.append((segment, start, end, first))
@@ -170,12 +173,11 @@ class Canaries:
         self.writer_dir.mkdir()
         meta = {"writer": canary_id, "host": "CANARY", "pid": 1, "boot_id": "x", "pid_ns": 1, "create_time": 1.0,
                 "rank": 666, "run": "CANARY", "first_seq": 1}
-        data, _ = segment_bytes(900_001, [[{"canary": "writer-dir", "i": k} for k in range(3)]])
+        data = self._canary_segment("writer-dir", [canary_id])
         (self.writer_dir / "meta.json").write_bytes(orjson.dumps(meta))
         (self.writer_dir / "00000000.wal").write_bytes(data)
         (self.writer_dir / "finish.json").write_bytes(orjson.dumps({"seq": 900_003, "segment": 0, "offset": len(data)}))
-        seg, _ = segment_bytes(900_001, [[{"canary": "segment", "i": k} for k in range(4)]])
-        self.segment = self._put("canary.wal", seg)
+        self.segment = self._put("canary.wal", self._canary_segment("segment", [canary_id]))
         self.meta = self._put("meta.json", orjson.dumps({**meta, "writer": "CANARY"}))
         self.heartbeat = self._put("heartbeat.json", orjson.dumps(
             {"state": "CANARY", "seq": 990_000, "durable_seq": 990_000, "segment": 0, "offset": 0, "error": "CANARY",
@@ -208,8 +210,39 @@ class Canaries:
     def files(self) -> list[Path]:
         return sorted(p for p in self.dir.rglob("*") if p.is_file() and not p.is_symlink())
 
-    def arm(self) -> None:
-        """Snapshot every canary; set its atime before its mtime so that any read moves it."""
+    @staticmethod
+    def _canary_segment(kind: str, writer_ids: list[str]) -> bytes:
+        """Canary records (seqs 900001..) in one block per writer id: a reader of any of
+        those writers' folders would decode them, so a followed link shows in its output."""
+        return b"".join(
+            block_bytes(writer_id, 900_001, [{"canary": kind, "i": k} for k in range(3)]) for writer_id in writer_ids
+        )
+
+    def _readable_from(self, root: Path) -> None:
+        """Rewrite every canary segment (and copy of one) with a block for each name under
+        `root` or here that a reader could take for its writer id, whatever path led it there."""
+        names = set()
+        for base in (root, self.dir):
+            for dirpath, dirnames, filenames in os.walk(base):  # never follows links
+                names.add(os.path.basename(dirpath))
+                names.update(dirnames, filenames)
+        originals = {self.segment.read_bytes(): "segment", (self.writer_dir / "00000000.wal").read_bytes(): "writer-dir"}
+        sizes = {len(data) for data in originals}
+        for base in (root, self.dir):
+            for path in base.rglob("*"):
+                if path.is_symlink() or not path.is_file() or path.stat().st_size not in sizes:
+                    continue  # (a planted sparse file is 10 GB: never read what cannot be a copy)
+                if kind := originals.get(path.read_bytes()):
+                    path.write_bytes(self._canary_segment(kind, sorted(names)))
+
+    def arm(self, root: str | os.PathLike[str] | None = None) -> None:
+        """Snapshot every canary; set its atime before its mtime so that any read moves it.
+
+        With the distwal directory `root`, the canary segments are first made readable
+        under every writer id found there (blocks carry their writer's tag).
+        """
+        if root is not None:
+            self._readable_from(Path(root))
         now = time.time()
         for path in self.files():
             os.utime(path, (now - 1000, now - 10))

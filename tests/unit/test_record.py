@@ -1,4 +1,4 @@
-"""Block framing (distwal._record): encode_header / parse_header / decode_body / timestamps_bytes."""
+"""Block framing (distwal._record): Sealed / encode_header / parse_header / decode_body / timestamps_bytes."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from distwal._record import (
     HEADER_SIZE,
     MAGIC,
     Header,
+    Sealed,
     decode_body,
-    encode_header,
     parse_header,
     timestamps_bytes,
+    writer_tag,
 )
+
+TAG = writer_tag("host.1.2.3.record-test")
 
 # JSON-able values orjson accepts: no lone surrogates, 64-bit integers, finite floats.
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
@@ -42,7 +45,8 @@ timestamps = st.floats(allow_nan=True, allow_infinity=True)  # the framing must 
 def build_block(first_seq: int, recs: list[dict], ts: list[float]) -> tuple[bytes, bytes, bytes]:
     payload = b"".join(orjson.dumps(r) + b"\n" for r in recs)
     ts_bytes = timestamps_bytes(array("d", ts))
-    return encode_header(first_seq, len(recs), ts_bytes, payload), ts_bytes, payload
+    header, ts_part, payload_part = Sealed.of(first_seq, ts_bytes, payload).parts(TAG)
+    return header, bytes(ts_part), bytes(payload_part)
 
 
 @given(
@@ -55,7 +59,7 @@ def test_block_round_trips_records_timestamps_and_seq(first_seq: int, data: st.D
     header_bytes, ts_bytes, payload = build_block(first_seq, recs, ts)
 
     assert len(header_bytes) == HEADER_SIZE
-    header = parse_header(header_bytes)
+    header = parse_header(header_bytes, TAG)
     assert header == Header(len(recs), first_seq, len(ts_bytes) + len(payload), zlib.crc32(ts_bytes + payload))
     assert header.last_seq == first_seq + len(recs) - 1
 
@@ -69,11 +73,23 @@ def test_block_round_trips_records_timestamps_and_seq(first_seq: int, data: st.D
 
 def test_header_layout_is_little_endian_with_magic_first() -> None:
     header_bytes, ts_bytes, payload = build_block(7, [{"a": 1}, {"b": 2}], [1.5, 2.5])
-    magic, count, first_seq, body_len, body_crc, header_crc = struct.unpack("<4sIQIII", header_bytes)
-    assert (magic, count, first_seq) == (MAGIC, 2, 7)
+    magic, count, first_seq, tag, body_len, body_crc, header_crc = struct.unpack("<4sIQQIII", header_bytes)
+    assert (magic, count, first_seq, tag) == (MAGIC, 2, 7, TAG)
     assert body_len == len(ts_bytes) + len(payload)
     assert body_crc == zlib.crc32(ts_bytes + payload)
-    assert header_crc == zlib.crc32(header_bytes[:24])
+    assert header_crc == zlib.crc32(header_bytes[:32])
+
+
+def test_a_header_is_refused_for_any_other_writer() -> None:
+    header_bytes, _, _ = build_block(1, [{"a": 1}], [0.0])
+    assert parse_header(header_bytes, TAG) is not None
+    assert parse_header(header_bytes, writer_tag("host.1.2.3.another")) is None
+
+
+def test_writer_tags_differ_between_writer_ids_and_are_stable() -> None:
+    ids = [f"host.{pid}.1700000000.{n:08x}" for pid in range(50) for n in range(20)]
+    assert len({writer_tag(i) for i in ids}) == len(ids)
+    assert writer_tag("a") == writer_tag("a") and 0 <= writer_tag("a") < 2**64
 
 
 def test_timestamps_bytes_are_little_endian_doubles() -> None:
@@ -82,16 +98,16 @@ def test_timestamps_bytes_are_little_endian_doubles() -> None:
 
 def test_every_single_bit_flip_in_a_header_is_refused() -> None:
     header_bytes, _, _ = build_block(42, [{"k": "v"}] * 3, [1.0, 2.0, 3.0])
-    assert parse_header(header_bytes) is not None
+    assert parse_header(header_bytes, TAG) is not None
     for bit in range(HEADER_SIZE * 8):
         flipped = bytearray(header_bytes)
         flipped[bit // 8] ^= 1 << (bit % 8)
-        assert parse_header(bytes(flipped)) is None, f"bit {bit} flipped went unnoticed"
+        assert parse_header(bytes(flipped), TAG) is None, f"bit {bit} flipped went unnoticed"
 
 
 def test_every_single_bit_flip_in_a_body_is_refused() -> None:
     header_bytes, ts_bytes, payload = build_block(1, [{"step": 1, "loss": 0.25}, {"x": [1, 2]}], [10.0, 11.0])
-    header = parse_header(header_bytes)
+    header = parse_header(header_bytes, TAG)
     assert header is not None
     body = ts_bytes + payload
     assert decode_body(header, body) is not None
@@ -104,18 +120,18 @@ def test_every_single_bit_flip_in_a_body_is_refused() -> None:
 @pytest.mark.parametrize("cut", [0, 1, 4, HEADER_SIZE - 1])
 def test_short_header_is_refused(cut: int) -> None:
     header_bytes, _, _ = build_block(1, [{"a": 1}], [0.0])
-    assert parse_header(header_bytes[:cut]) is None
+    assert parse_header(header_bytes[:cut], TAG) is None
 
 
 def _forge(count: int, first_seq: int, body_len: int, body_crc: int = 0, magic: bytes = MAGIC) -> bytes:
     """A header with a correct header CRC but whatever fields we like."""
-    prefix = struct.pack("<4sIQII", magic, count, first_seq, body_len, body_crc)
+    prefix = struct.pack("<4sIQQII", magic, count, first_seq, TAG, body_len, body_crc)
     return prefix + struct.pack("<I", zlib.crc32(prefix))
 
 
 def test_parse_header_accepts_a_well_formed_forged_header() -> None:
     # Control for the refusals below: the forging itself yields a parseable header.
-    assert parse_header(_forge(count=2, first_seq=5, body_len=18, body_crc=9)) == Header(2, 5, 18, 9)
+    assert parse_header(_forge(count=2, first_seq=5, body_len=18, body_crc=9), TAG) == Header(2, 5, 18, 9)
 
 
 @pytest.mark.parametrize(
@@ -124,15 +140,15 @@ def test_parse_header_accepts_a_well_formed_forged_header() -> None:
         (0, 1, 0, MAGIC),  # an empty block never exists
         (1, 0, 9, MAGIC),  # seqs start at 1
         (2, 1, 17, MAGIC),  # too short for 2 timestamps and 2 newlines
-        (1, 1, 9, b"DWB2"),  # wrong magic even with a valid CRC
+        (1, 1, 9, b"DWB1"),  # format 1, or any other magic, even with a valid CRC
     ],
 )
 def test_parse_header_refuses_impossible_fields(count: int, first_seq: int, body_len: int, magic: bytes) -> None:
-    assert parse_header(_forge(count, first_seq, body_len, magic=magic)) is None
+    assert parse_header(_forge(count, first_seq, body_len, magic=magic), TAG) is None
 
 
 def _header_for(count: int, body: bytes) -> Header:
-    header = parse_header(_forge(count, 1, len(body), zlib.crc32(body)))
+    header = parse_header(_forge(count, 1, len(body), zlib.crc32(body)), TAG)
     assert header is not None
     return header
 
@@ -157,3 +173,40 @@ def test_decode_body_refuses_wrong_length() -> None:
 def test_decode_body_refuses_line_count_mismatch_even_with_valid_crc(count: int, lines: bytes) -> None:
     body = struct.pack(f"<{count}d", *range(count)) + lines
     assert decode_body(_header_for(count, body), body) is None
+
+
+def _records_of(block: Sealed) -> list[tuple[int, float, bytes]]:
+    header, ts_bytes, payload = block.parts(TAG)
+    parsed = parse_header(header, TAG)
+    assert parsed is not None
+    decoded = decode_body(parsed, bytes(ts_bytes) + bytes(payload))
+    assert decoded is not None, "a split half is not a valid block"
+    ts, lines = decoded
+    return [(block.first_seq + i, t, line) for i, (t, line) in enumerate(zip(ts, lines))]
+
+
+@given(first_seq=st.integers(min_value=1, max_value=2**62), data=st.data())
+def test_split_keeps_every_record_in_order_in_two_valid_blocks_the_first_within_the_limit(
+    first_seq: int, data: st.DataObject
+) -> None:
+    recs = data.draw(st.lists(records, min_size=2, max_size=12))
+    ts = [float(i) for i in range(len(recs))]
+    payload = b"".join(orjson.dumps(r) + b"\n" for r in recs)
+    whole = Sealed.of(first_seq, timestamps_bytes(array("d", ts)), bytearray(payload))
+    limit = data.draw(st.integers(min_value=0, max_value=whole.size + 10))
+    halves = whole.split(limit)
+    lines = [orjson.dumps(r) + b"\n" for r in recs]
+    sizes = [HEADER_SIZE + 8 * k + sum(map(len, lines[:k])) for k in range(1, len(recs))]  # first k records
+    if halves is None:  # only when no cut short of the whole block fits
+        assert not any(size <= limit for size in sizes), (limit, sizes)
+        return
+    left, right = halves
+    assert left.size <= limit and left.count >= 1 and right.count >= 1 and right.first_seq == left.last_seq + 1
+    assert left.count == 1 + max(i for i, size in enumerate(sizes) if size <= limit), "not the largest cut that fits"
+    assert _records_of(left) + _records_of(right) == _records_of(whole)
+    assert len(left.payload) + len(right.payload) == len(payload)
+
+
+def test_split_refuses_a_single_record() -> None:
+    whole = Sealed.of(5, timestamps_bytes(array("d", [1.0])), orjson.dumps({"big": "y" * 1000}) + b"\n")
+    assert whole.split(whole.size // 2) is None and whole.split(10**9) is None

@@ -21,12 +21,13 @@ from hypothesis import strategies as st
 
 from distwal import _segment
 from distwal._layout import Modes, open_dir, write_all
-from distwal._record import HEADER_SIZE, MAGIC, encode_header, timestamps_bytes
+from distwal._record import HEADER_SIZE, MAGIC, Sealed, timestamps_bytes, writer_tag
 from distwal._segment import Block, Damage, SegmentWriter, list_segments, open_segment, read_segment
 
 PRIVATE = Modes.for_config(shared_group=False)
 SHARED = Modes.for_config(shared_group=True)
 MAX_ITEMS = 100_000  # a reader that yields more than this from a small file is looping
+TAG = writer_tag("segment-test")  # the writer every block here belongs to
 
 
 # -- building segments ----------------------------------------------------------------
@@ -55,7 +56,7 @@ class Spec:
 def block_parts(first_seq: int, recs: list[dict], ts: list[float]) -> list[bytes]:
     payload = b"".join(orjson.dumps(r) + b"\n" for r in recs)
     ts_bytes = timestamps_bytes(array("d", ts))
-    return [encode_header(first_seq, len(recs), ts_bytes, payload), ts_bytes, payload]
+    return Sealed.of(first_seq, ts_bytes, payload).parts(TAG)
 
 
 def encode_segment(blocks: list[list[dict]], first_seq: int = 1, t0: float = 1.7e9) -> tuple[bytes, list[Spec]]:
@@ -90,7 +91,7 @@ def segment_fd(data: bytes) -> Iterator[int]:
 
 def read_bytes(data: bytes, offset: int = 0) -> list[Block | Damage]:
     with segment_fd(data) as fd:
-        items = list(itertools.islice(read_segment(fd, 0, offset), MAX_ITEMS))
+        items = list(itertools.islice(read_segment(fd, 0, offset, writer=TAG), MAX_ITEMS))
     assert len(items) < MAX_ITEMS, "read_segment keeps yielding: it is looping"
     return items
 
@@ -190,7 +191,7 @@ def test_segment_writer_blocks_read_back_exactly_across_rotation(
                 assert fd is not None
                 try:
                     size = os.fstat(fd).st_size
-                    items = list(read_segment(fd, index))
+                    items = list(read_segment(fd, index, writer=TAG))
                 finally:
                     os.close(fd)
                 assert not damages_of(items), f"damage in a cleanly written segment: {items!r}"
@@ -479,7 +480,7 @@ def _read_dir(dir_fd: int) -> list[Block | Damage]:
         fd = open_segment(dir_fd, name)
         assert fd is not None
         try:
-            items += read_segment(fd, index)
+            items += read_segment(fd, index, writer=TAG)
         finally:
             os.close(fd)
     return items
