@@ -4,7 +4,8 @@
   through os._exit, where only their finalizers run. Each finishes the writers with
   DISTWAL_EXIT_TIMEOUT, so no exit hangs.
 - SIGTERM (torchrun's way of stopping the survivors of a failed rank): make everything
-  durable within about a second, then the previous handler or the default action.
+  durable within about a second, then the previous handler or the default action. The
+  handler runs even when the main thread is blocked in a wait (see _signals).
 - fork: the child forgets the parent's writer state and files; it gets its own writer
   on its first log.
 """
@@ -18,9 +19,9 @@ import sys
 import threading
 from typing import Any
 
+from ._signals import SigtermWatch
+
 _SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
-
-
 class Hooks:
     """Process-wide hooks: at exit, multiprocessing finalizers, SIGTERM, fork."""
 
@@ -29,7 +30,17 @@ class Hooks:
         self._previous_sigterm: Any = None
         self._installed_sigterm = False
         self._finalizers: set[str] = set()
-        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        # Held while distwal starts a subprocess, and by any fork: a child forked meanwhile
+        # (a pool worker) would keep the pipe subprocess reads to learn of the exec, and
+        # Popen would wait for that child to exit.
+        self.spawning = threading.Lock()
+        self._watch = SigtermWatch(lambda: signal.getsignal(signal.SIGTERM) == self._on_sigterm)
+        self._fork_mask: set[int | signal.Signals] = set()
+        os.register_at_fork(
+            before=self._before_fork,
+            after_in_parent=self._after_fork_in_parent,
+            after_in_child=self._after_fork_in_child,
+        )
         atexit.register(self.at_exit)
 
     def attach(self, writer: Any) -> None:
@@ -52,15 +63,18 @@ class Hooks:
             writer.finish(timeout=writer.config.exit_timeout)
 
     def _install_sigterm(self) -> None:
-        if self._installed_sigterm or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._installed_sigterm = True
-        except (ValueError, OSError):
-            pass
+        if not self._installed_sigterm:
+            try:
+                self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+                self._installed_sigterm = True
+            except (ValueError, OSError):
+                return
+        self._watch.start()
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._watch.handled()
         # Take no lock here for long: the interrupted thread may hold it.
         for writer in list(self.writers):
             if not writer._durable_soon(_SIGTERM_GRACE):
@@ -74,7 +88,19 @@ class Hooks:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
+    def _before_fork(self) -> None:
+        self.spawning.acquire()
+        # A SIGTERM for the child waits until it has a wakeup pipe of its own (see SigtermWatch).
+        self._fork_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def _after_fork_in_parent(self) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
+        self.spawning.release()
+
     def _after_fork_in_child(self) -> None:
+        self.spawning = threading.Lock()  # the parent's is held by the fork
+        self._watch.after_fork_in_child()
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
         self._finalizers.clear()
         for writer in self.writers:
             writer._after_fork_in_child()

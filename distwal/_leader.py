@@ -30,6 +30,8 @@ from ._election import (
     record_sink,
     release_lease,
 )
+from ._hooks import hooks
+from ._signals import start_background_thread
 from ._layout import Identity, Modes
 from ._liveness import LivenessJudge, probe_process
 from ._sender import Sender
@@ -83,8 +85,7 @@ class ThreadLeadership:
         self.outcome: str | None = None
         self._stop = threading.Event()
         self._deadline: float | None = None
-        self._thread = threading.Thread(target=self._run, name="distwal-sender", daemon=True)
-        self._thread.start()
+        self._thread = start_background_thread(self._run, "distwal-sender")
 
     def _run(self) -> None:
         try:
@@ -118,9 +119,10 @@ class ProcessLeadership:
         env["DISTWAL_LEASE_S"] = str(config.lease_s)
         args = [sys.executable, "-m", "distwal._sender_main", config.dir, str(epoch), domain,
                 orjson.dumps(owner).decode(), str(os.getpid())]
-        self._proc = subprocess.Popen(
-            args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, start_new_session=False
-        )
+        with hooks.spawning:
+            self._proc = subprocess.Popen(
+                args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, start_new_session=False
+            )
 
     def alive(self) -> bool:
         if self._proc.poll() is None:
@@ -197,8 +199,7 @@ class Elector:
         return self.leadership is not None
 
     def start(self) -> Elector:
-        self._thread = threading.Thread(target=self._run, name="distwal-elector", daemon=True)
-        self._thread.start()
+        self._thread = start_background_thread(self._run, "distwal-elector")
         return self
 
     def _run(self) -> None:

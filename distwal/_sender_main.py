@@ -17,6 +17,7 @@ import threading
 import orjson
 
 from ._config import Config
+from ._signals import start_background_thread
 from ._layout import Identity
 from ._leader import build_sender
 
@@ -35,6 +36,8 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> int:
     root, epoch, domain, owner_json, parent = argv
+    # Started from the elector thread, which blocks these signals; the mask survives exec.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     _die_with_parent(int(parent))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config = Config.load(dir=root)
@@ -51,7 +54,7 @@ def main(argv: list[str]) -> int:
                 stop.set()
         stop.set()  # EOF: the parent is gone
 
-    threading.Thread(target=listen, name="distwal-commands", daemon=True).start()
+    start_background_thread(listen, "distwal-commands")
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         outcome = sender.run(stop.is_set, lambda: deadline[0])

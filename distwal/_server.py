@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from ._exceptions import SinkUnavailable, StaleEpoch
+from ._signals import start_background_thread
 from .sinks.sqlite import RecordStore
 
 logger = logging.getLogger("distwal")
@@ -189,5 +190,5 @@ def _parse(body: bytes) -> tuple[list[tuple[Any, ...]], str | None]:
 def serve(db_path: str, host: str = "127.0.0.1", port: int = 8787, token: str | None = None) -> IngestServer:
     """Start an IngestServer on a background thread and return it (call shutdown() to stop)."""
     server = IngestServer(db_path, host, port, token)
-    threading.Thread(target=server.serve_forever, name="distwal-serve", daemon=True).start()
+    start_background_thread(server.serve_forever, "distwal-serve")
     return server

@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import select
+import signal
 import threading
 import time
 from array import array
@@ -28,6 +29,7 @@ from ._layout import Identity, Modes
 from ._record import BLOCK_BYTES, Sealed, timestamps_bytes, writer_tag
 from ._segment import SegmentWriter
 from ._hooks import hooks
+from ._signals import start_background_thread
 from .launch._env import rank_from_env
 
 logger = logging.getLogger("distwal")
@@ -107,8 +109,7 @@ class Writer:
         self.identity = Identity.of_this_process()
         self._pid = self.identity.pid
         self._claim_folder(first_seq=1)
-        self._thread = threading.Thread(target=self._run, name="distwal-flusher", daemon=True)
-        self._thread.start()
+        self._thread = start_background_thread(self._run, "distwal-flusher")
         if not self.config.disable_sender:
             self._elector = self._make_elector()
         hooks.attach(self)
@@ -421,7 +422,8 @@ class Writer:
                 continue
             if self._resignal:
                 signum, self._resignal = self._resignal, 0
-                os.kill(os.getpid(), signum)  # the handler runs again, now that log() let go
+                # To the main thread, where the handler runs again now that log() let go.
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
             if stopping and not self._unwritten and not self._buf and not self._sealed:
                 break
             next_heartbeat = self._beat_if_due(next_heartbeat)

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from .._signals import start_background_thread
 from .._server import IngestServer
 
 
@@ -32,9 +33,9 @@ def run(args: list[str]) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, name="distwal-serve", daemon=True)
-    thread.start()
-    stop.wait()
+    start_background_thread(server.serve_forever, "distwal-serve")
+    while not stop.wait(0.5):  # a timeout: a signal that lands just before the wait is not lost
+        pass
     server.shutdown()
     server.server_close()
     return 0

@@ -99,6 +99,108 @@ def test_sigterm_keeps_every_acknowledged_record_long_interval(tmp_path, seed, h
         _sigterm_round(tmp_path, tmp_path / f"wal{round_}", rng, seed, handler_kind, LONG_INTERVAL, 0)
 
 
+IDLE_MAIN = """
+import distwal
+
+w = distwal.init()
+
+def loop(t):
+    while True:
+        w.log({"t": t})
+
+for t in range(2):
+    threading.Thread(target=loop, args=(t,), daemon=True).start()
+emit("ready", w.id)
+threading.Event().wait()  # the main thread idles in a wait only a signal to it interrupts
+"""
+
+
+def test_sigterm_ends_a_process_whose_main_thread_idles_while_others_log(tmp_path, seed):
+    # Python runs handlers in the main thread only; a SIGTERM the kernel handed to one of
+    # distwal's threads used to leave it pending for ever (about 2 % of rounds under load).
+    rng = random.Random(seed)
+    for round_ in range(25):
+        with spawn(tmp_path, IDLE_MAIN, env=child_env(tmp_path / f"wal{round_}")) as child:
+            child.wait_for("ready")
+            time.sleep(rng.uniform(0, 0.02))  # a random moment of the logging, not a wait for a condition
+            killed_at = child.kill(signal.SIGTERM)
+            code = child.wait(timeout=10)
+            took = time.time() - killed_at
+        assert code == -signal.SIGTERM and took < 5, f"exit {code} after {took:.1f} s (seed={seed}, round {round_})"
+
+
+SIGTERM_ON_ANOTHER_THREAD = """
+import distwal
+
+w = distwal.init()
+w.log({"a": 1})
+main = threading.main_thread()
+
+def blocked_in_wait():
+    with open(f"/proc/self/task/{main.native_id}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    return sys._current_frames()[main.ident].f_code.co_name == "wait" and state == "S"
+
+def deliver_here():
+    deadline = time.monotonic() + 10
+    while not blocked_in_wait():
+        assert time.monotonic() < deadline, "the main thread never blocked"
+        time.sleep(0.01)
+    emit("sending")
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not the main one
+    threading.Event().wait()
+
+threading.Thread(target=deliver_here, daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_a_sigterm_that_lands_on_another_thread_still_runs_the_handler(tmp_path, wal_dir):
+    # The signal only marks the Python handler pending; the main thread, blocked in a wait
+    # the signal did not interrupt, would never run it without distwal's nudge.
+    with spawn(tmp_path, SIGTERM_ON_ANOTHER_THREAD, env=child_env(wal_dir)) as child:
+        child.wait_for("sending")
+        code = child.wait(timeout=10)
+    assert code == -signal.SIGTERM, child.describe()
+    assert only_writer(wal_dir).seqs == [1]
+
+
+THREAD_MASKS = """
+import distwal, psutil
+
+def blocked(path):
+    for line in open(path):
+        if line.startswith("SigBlk:"):
+            mask = int(line.split()[1], 16)
+            return sorted(s for s in (signal.SIGTERM, signal.SIGINT) if mask >> (s - 1) & 1)
+
+w = distwal.init()
+w.log({"a": 1})
+w.flush()
+deadline = time.monotonic() + 20
+sender_up = os.path.join(os.environ["DISTWAL_DIR"], "sender.json")  # written by the sender's first cycle
+while not (psutil.Process().children() and os.path.exists(sender_up)):
+    assert time.monotonic() < deadline, "never led"
+    time.sleep(0.05)
+for t in threading.enumerate():
+    emit("thread", t.name, *blocked(f"/proc/self/task/{t.native_id}/status"))
+for p in psutil.Process().children():
+    emit("child", p.pid, *blocked(f"/proc/{p.pid}/status"))
+"""
+
+
+def test_distwal_threads_never_take_sigterm_or_sigint_and_the_sender_process_does(tmp_path, wal_dir):
+    with spawn(tmp_path, THREAD_MASKS, env=child_env(wal_dir, sender=True)) as child:
+        assert child.wait() == 0, child.describe()
+    threads = {line.parts[1]: line.parts[2:] for line in child.lines_with("thread")}
+    ours = {name: mask for name, mask in threads.items() if name.startswith("distwal-")}
+    assert {"distwal-flusher", "distwal-elector"} <= set(ours), threads
+    assert all(mask == ["2", "15"] for mask in ours.values()), f"distwal threads that may take the signals: {ours}"
+    assert threads["MainThread"] == [], "the main thread must take them"
+    children = [line.parts[2:] for line in child.lines_with("child")]
+    assert children and all(mask == [] for mask in children), f"the sender process blocks signals: {children}"
+
+
 SIGTERM_INSIDE_LOG = """
 import distwal
 
