@@ -143,7 +143,8 @@ class Sender:
         self.writers: dict[str, Tracked] = {}
         self.book: dict[str, Position] = read_cursors(root)
         self._book_dirty = False
-        self._order: deque[str] = deque()
+        self._order: deque[str] = deque()  # writer ids, in the round-robin order of reading
+        self._ending: set[str] = set()  # finished or adopted: the only writers retire() looks at
         self._next_discover = 0.0
         self._next_liveness = 0.0
         self._next_health = 0.0
@@ -291,6 +292,8 @@ class Sender:
             tracked.same_kernel_dead = self.judge.same_kernel(files.meta or {})
         self.writers[name] = tracked
         self._order.append(name)
+        if adopted or files.finish is not None:
+            self._ending.add(name)
 
     def _check_liveness(self) -> None:
         for t in list(self.writers.values()):
@@ -309,6 +312,7 @@ class Sender:
                     t.files.finish = _layout.read_json_quietly(t.dir_fd, _layout.FINISH)
                     t.exhausted = False
                     if t.files.finish is not None:
+                        self._ending.add(t.id)
                         continue
             self.judge.observe(t.id, token)
             if self.judge.is_dead(t.id, t.files.meta):
@@ -326,6 +330,7 @@ class Sender:
         t.parent = ADOPTED
         t.files.path = os.path.join(self.root, ADOPTED, t.id)
         t.adopted_at = self.clock()
+        self._ending.add(t.id)
         t.same_kernel_dead = self.judge.same_kernel(t.files.meta or {})
         t.exhausted = False
         t.next_check = 0.0
@@ -340,12 +345,11 @@ class Sender:
         spans: dict[str, list[_Span]] = {}
         count = size = 0
         now = self.clock()
-        for _ in range(len(self._order)):
-            writer_id = self._order[0]
-            self._order.rotate(-1)
-            t = self.writers.get(writer_id)
-            if t is None or now < t.next_check:
-                continue
+        # One comprehension picks the writers due: with 1024 idle ones this runs about 20
+        # times a second, and a Python loop over all of them cost 1 % of a core.
+        order = self._order
+        due = [(i, t) for i, t in enumerate(map(self.writers.get, order)) if t is not None and t.next_check <= now]
+        for i, t in due:
             got = 0
             for item in self._items(t):
                 if isinstance(item, Damage):
@@ -371,6 +375,7 @@ class Sender:
                     break
             self._note_activity(t, got, now)
             if count >= self.batch_records or size >= self.batch_bytes:
+                order.rotate(-(i + 1))  # the next cycle starts after this writer
                 break
         if not chunks:
             return None
@@ -410,6 +415,8 @@ class Sender:
                 yield from read_segment(fd, segment, offset, writer=t.files.tag)
             finally:
                 os.close(fd)
+            if not _may_have_moved_on(t, size):
+                return
             following = self._later_segment(t, segment)
             if following is None:
                 return
@@ -595,7 +602,8 @@ class Sender:
 
     def retire(self) -> None:
         """Remove finished or adopted writers whose records are all delivered."""
-        for t in list(self.writers.values()):
+        for writer_id in list(self._ending):
+            t = self.writers[writer_id]
             if not t.exhausted:
                 continue
             if t.finished is not None:
@@ -623,6 +631,8 @@ class Sender:
         _layout.remove_folder(self._fds[t.parent], t.id, t.dir_fd)
         t.close()
         del self.writers[t.id]
+        self._ending.discard(t.id)
+        self._order.remove(t.id)
         self.judge.forget(t.id)
         if t.id in self.book:
             del self.book[t.id]
@@ -671,6 +681,17 @@ class Sender:
             for fd in self._fds.values():
                 os.close(fd)
             self.sink.close()
+
+
+def _may_have_moved_on(t: Tracked, size: int) -> bool:
+    """Whether a writer may have begun a segment after one of `size` bytes.
+
+    A live writer begins a new segment only once the current one reaches its
+    segment_bytes (meta.json). Not listing the folder on every read of an idle writer
+    saved a third of the leader's CPU with 1024 of them.
+    """
+    limit = (t.files.meta or {}).get("segment_bytes")
+    return type(limit) is not int or size >= limit or t.finished is not None or t.adopted_at is not None
 
 
 def _redact(url: str) -> str:

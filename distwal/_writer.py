@@ -143,6 +143,7 @@ class Writer:
             "run": self.config.run_id,
             "domain": self.domain,
             "durability": self.config.durability,
+            "segment_bytes": self.config.segment_bytes,  # tells readers when a later segment may exist
             "first_seq": first_seq,
             "continues": continues,
             "started": time.time(),

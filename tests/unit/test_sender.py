@@ -1,0 +1,133 @@
+"""The sender's loop over many writers (distwal._sender): who is read when, and what is retired.
+
+Real writer folders made by Writer objects in this process (flushers on, no leader of their
+own); a Sender that leads the directory through a real election, shipping into a MockSink.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from distwal import _sender
+from distwal._config import Config
+from distwal._election import LeaseKeeper
+from distwal._layout import Identity, Modes, ensure_domain, prepare_dir
+from distwal._leader import Elector
+from distwal._liveness import LivenessJudge
+from distwal._sender import Sender
+from distwal._writer import Writer
+from distwal.sinks._base import Batch, MockSink
+
+MODES = Modes.for_config(False)
+
+
+@pytest.fixture
+def root(tmp_path) -> Iterator[str]:
+    path = str(tmp_path / "wal")
+    prepare_dir(path, MODES)
+    yield path
+
+
+def writers(root: str, n: int, records: int, **options: Any) -> list[Writer]:
+    config = Config.load(dir=root, disable_sender=True, **options)
+    domain = ensure_domain(root, MODES)
+    made = []
+    for i in range(n):
+        w = Writer(config, domain)
+        for k in range(records):
+            w.log({"w": i, "k": k})
+        assert w.flush(10)
+        made.append(w)
+    return made
+
+
+def leading_sender(root: str, batches: list[Batch], batch_records: int = 1000) -> Sender:
+    config = Config.load(dir=root)
+    domain = ensure_domain(root, MODES)
+    identity = Identity.of_this_process()
+    owner = {"owner": f"test-{identity.pid}", "kind": "test", "host": identity.host, "pid": identity.pid}
+    elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
+    deadline = time.monotonic() + 10
+    while not elector.acquire():
+        assert time.monotonic() < deadline, "could not lead"
+        time.sleep(0.05)
+    lease = LeaseKeeper(root, elector.epoch, owner, config.lease_s, MODES)
+    judge = LivenessJudge(identity, config.lease_s)
+    return Sender(root, MockSink(batches.append), "mock://", lease, judge, domain, MODES, batch_records=batch_records)
+
+
+def test_full_batches_take_the_writers_in_turn(root):
+    made = writers(root, 3, 25)
+    batches: list[Batch] = []
+    sender = leading_sender(root, batches, batch_records=10)
+    try:
+        for _ in range(9):
+            sender.cycle()
+    finally:
+        sender.close()
+        for w in made:
+            w.finish(5)
+    firsts = [batch.chunks[0].writer for batch in batches]
+    # Each batch is full (10 of a writer's 25 records); the next one starts with the next writer.
+    assert len(batches) >= 6 and all(sum(len(c) for c in b.chunks) == 10 for b in batches[:6])
+    assert len(set(firsts[:3])) == 3 and firsts[3:6] == firsts[:3], firsts
+    delivered = {w.id: sum(len(c) for b in batches for c in b.chunks if c.writer == w.id) for w in made}
+    assert delivered == {w.id: 25 for w in made}
+
+
+def test_idle_live_writers_are_read_without_listing_their_folders(root, monkeypatch):
+    made = writers(root, 4, 3)
+    batches: list[Batch] = []
+    sender = leading_sender(root, batches)
+    listed: list[int] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: Any = ".") -> list[str]:
+        listed.append(path if isinstance(path, int) else -1)
+        return real_listdir(path)
+
+    try:
+        sender.cycle()
+        assert sum(len(c) for b in batches for c in b.chunks) == 12
+        folders = {t.dir_fd for t in sender.writers.values()}
+        monkeypatch.setattr(_sender.os, "listdir", counting_listdir)
+        for _ in range(5):
+            for t in sender.writers.values():
+                t.next_check = 0.0  # due now: read every writer in each cycle
+            assert sender.cycle() == 0
+        assert not folders & set(listed), "an idle live writer's folder was listed on a read"
+        made[0].finish(5)  # finished: now its folder is listed, for segments it may have left
+        sender._next_liveness = 0.0
+        for t in sender.writers.values():
+            t.next_check = 0.0
+        sender.cycle()
+        assert sender.writers.get(made[0].id) is None or sender.writers[made[0].id].dir_fd in listed
+    finally:
+        sender.close()
+        for w in made:
+            w.finish(5)
+
+
+def test_retired_writers_leave_the_rotation(root):
+    made = writers(root, 3, 2)
+    batches: list[Batch] = []
+    sender = leading_sender(root, batches)
+    try:
+        sender.cycle()
+        made[1].finish(5)
+        deadline = time.monotonic() + 10
+        while made[1].id in sender.writers:
+            assert time.monotonic() < deadline, "the finished writer was never retired"
+            sender._next_liveness = 0.0
+            sender.cycle()
+            time.sleep(0.02)
+        assert made[1].id not in sender._order and made[1].id not in sender._ending
+        assert sorted(sender._order) == sorted(w.id for w in (made[0], made[2]))
+    finally:
+        sender.close()
+        for w in made:
+            w.finish(5)
