@@ -323,6 +323,11 @@ def write_root_json(root: str, name: str, body: Any, modes: Modes, durable: bool
         os.close(fd)
 
 
+def int_field(value: Any) -> int:
+    """An integer field of a file another process wrote; 0 when it is not one."""
+    return value if type(value) is int else 0
+
+
 def read_json_quietly(dir_fd: int, name: str) -> Any:
     """read_json for files that may be mid-replace or damaged: None instead of an error."""
     try:

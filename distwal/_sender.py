@@ -14,8 +14,8 @@ import os
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import orjson
 
@@ -23,10 +23,11 @@ from . import _layout
 from ._cursor import Position, read_cursors, write_cursors
 from ._election import LeaseKeeper
 from ._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
-from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes
+from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes, int_field
 from ._liveness import LivenessJudge
-from ._scan import ENVELOPE_KEYS, WriterFiles, load_writer
-from ._segment import Block, Damage, last_seq_on_disk, read_segment
+from ._reading import FolderReader, Tracked
+from ._scan import ENVELOPE_KEYS, load_writer
+from ._segment import Damage, last_seq_on_disk
 from .sinks import Batch, Chunk, Sink
 
 logger = logging.getLogger("distwal")
@@ -46,43 +47,8 @@ BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0  # seconds, retries of an unavailable sink
 PAUSED_RETRY = 30.0  # seconds before retrying a sink that refused our credentials
 
 
-def _int(value: Any) -> int:
-    """An integer field of a mark another process wrote; 0 when it is not one."""
-    return value if type(value) is int else 0
-
-
 class LostLeadership(Exception):
     """Raised inside the loop when this process must stop sending at once."""
-
-
-@dataclass
-class Tracked:
-    """What the leader knows of one writer folder."""
-
-    files: WriterFiles
-    dir_fd: int
-    pos: Position
-    parent: str  # writers/ or adopted/
-    adopted_at: float | None = None  # monotonic time of adoption
-    same_kernel_dead: bool = False
-    idle_since: float | None = None
-    next_check: float = 0.0
-    exhausted: bool = False  # the last read found nothing more
-    heartbeat_token: Any = None
-    quarantined: int = 0
-
-    @property
-    def id(self) -> str:
-        return self.files.id
-
-    @property
-    def finished(self) -> dict[str, Any] | None:
-        return self.files.finish
-
-    def close(self) -> None:
-        if self.dir_fd >= 0:
-            os.close(self.dir_fd)
-            self.dir_fd = -1
 
 
 @dataclass
@@ -106,8 +72,6 @@ class Health:
     acked_records: int = 0
     acked_batches: int = 0
     dead_letters: int = 0
-    quarantined_bytes: int = 0
-    torn_bytes: int = 0
     adopted: int = 0
     retired: int = 0
     started: float = field(default_factory=time.time)
@@ -154,6 +118,7 @@ class Sender:
         # refused once, here, and never followed later.
         self._fds = {sub: _layout.ensure_subdir(root, sub, modes)
                      for sub in (_layout.WRITERS, ADOPTED, HISTORY, DEADLETTERS, QUARANTINE)}
+        self.reader = FolderReader(self._fds[QUARANTINE], modes, judge.lease_s, clock, self._move)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -215,14 +180,14 @@ class Sender:
             if t.finished is not None or t.adopted_at is not None:
                 if not t.exhausted:
                     return False
-                if t.finished is not None and t.pos.seq < _int(t.finished.get("seq")):
+                if t.finished is not None and t.pos.seq < int_field(t.finished.get("seq")):
                     return False
         return True
 
     def progress(self) -> dict[str, int]:
         """Acknowledged so far, and what finished writers still have to deliver."""
         pending = sum(
-            max(0, _int(t.finished.get("seq")) - t.pos.seq) for t in self.writers.values() if t.finished is not None
+            max(0, int_field(t.finished.get("seq")) - t.pos.seq) for t in self.writers.values() if t.finished is not None
         )
         return {"acked_records": self.health.acked_records, "pending_records": pending, "writers": len(self.writers)}
 
@@ -239,8 +204,8 @@ class Sender:
         """Each known writer's last seq now: its finish mark, heartbeat, or what is on disk."""
         marks = {}
         for t in self.writers.values():
-            mark = t.finished or self._heartbeat(t) or {}
-            noted = _int(mark.get("durable_seq", mark.get("seq")))
+            mark = t.finished or t.heartbeat() or {}
+            noted = int_field(mark.get("durable_seq", mark.get("seq")))
             marks[t.id] = max(noted, last_seq_on_disk(t.dir_fd, t.pos.segment, t.pos.offset, writer=t.files.tag))
         return marks
 
@@ -351,9 +316,9 @@ class Sender:
         due = [(i, t) for i, t in enumerate(map(self.writers.get, order)) if t is not None and t.next_check <= now]
         for i, t in due:
             got = 0
-            for item in self._items(t):
+            for item in self.reader.items(t):
                 if isinstance(item, Damage):
-                    if not self._skip_damage(t, item):
+                    if not self.reader.skip_damage(t, item):
                         break
                     continue
                 start = max(0, t.pos.seq + 1 - item.first_seq)
@@ -392,87 +357,6 @@ class Sender:
         t.next_check = now + min(MAX_IDLE_BACKOFF, (now - t.idle_since) / 4)
         if t.finished is not None or t.adopted_at is not None:
             t.next_check = now
-
-    def _items(self, t: Tracked) -> Iterator[Block | Damage]:
-        """Blocks and damage from the writer's cursor on, across segments."""
-        segment, offset = t.pos.segment, t.pos.offset
-        while True:
-            fd = _layout.open_regular(t.dir_fd, _layout.format_segment_name(segment))
-            if fd is None:
-                later = self._later_segment(t, segment)
-                if later is None:
-                    return
-                if offset or t.pos.seq:
-                    logger.error(
-                        "distwal: writer %s: cursor points into missing segment %08x; resuming at %08x",
-                        t.id, segment, later,
-                    )
-                self._move(t, replace(t.pos, segment=later, offset=0))
-                segment, offset = later, 0
-                continue
-            try:
-                size = os.fstat(fd).st_size
-                yield from read_segment(fd, segment, offset, writer=t.files.tag)
-            finally:
-                os.close(fd)
-            if not _may_have_moved_on(t, size):
-                return
-            following = self._later_segment(t, segment)
-            if following is None:
-                return
-            if following != segment + 1:
-                logger.error("distwal: writer %s: segments %08x..%08x are missing; reading on at %08x",
-                             t.id, segment + 1, following - 1, following)
-            # Sealed: once everything in it is acknowledged, the cursor moves to the next one.
-            if t.pos.segment == segment and t.pos.offset >= size:
-                self._move(t, replace(t.pos, segment=following, offset=0))
-            segment, offset = following, 0
-
-    def _later_segment(self, t: Tracked, segment: int) -> int | None:
-        indexes = [i for i in map(_layout.parse_segment_name, os.listdir(t.dir_fd)) if i is not None and i > segment]
-        return min(indexes) if indexes else None
-
-    def _skip_damage(self, t: Tracked, damage: Damage) -> bool:
-        """Decide about a damaged span. True: skipped; False: wait, it may be unwritten yet."""
-        final = t.finished is not None or t.same_kernel_dead or (
-            t.adopted_at is not None and self.clock() - t.adopted_at >= 2 * self.judge.lease_s
-        )
-        resume = damage.end
-        if not final:
-            beat = self._heartbeat(t) or {}
-            mark = (_int(beat.get("segment")), _int(beat.get("offset")))
-            if (damage.segment, damage.start) >= mark:
-                return False  # above the durable watermark: not yet written
-            if damage.at_tail and mark[0] == damage.segment:
-                resume = mark[1]  # durable up to the mark, so a block starts there
-        if damage.at_tail and final:
-            self.health.torn_bytes += resume - damage.start
-            logger.info("distwal: writer %s: dropping a torn tail of %d bytes", t.id, resume - damage.start)
-        else:
-            self._quarantine(t, damage.segment, damage.start, resume)
-        if t.pos.segment == damage.segment and t.pos.offset <= damage.start:
-            self._move(t, replace(t.pos, offset=resume))
-        return True
-
-    def _quarantine(self, t: Tracked, segment: int, start: int, end: int) -> None:
-        name = f"{t.id}.{segment:08x}.{start}.bin"
-        src = _layout.open_regular(t.dir_fd, _layout.format_segment_name(segment))
-        if src is None:
-            return
-        try:
-            copied = _layout.copy_once(src, start, end, self._fds[QUARANTINE], name, self.modes)
-        except OSError as exc:
-            logger.error("distwal: writer %s: cannot quarantine %d bytes: %s", t.id, end - start, exc)
-            copied = 0
-        finally:
-            os.close(src)
-        t.quarantined += copied
-        self.health.quarantined_bytes += copied
-        logger.error("distwal: writer %s: %d corrupt bytes at %08x:%d quarantined", t.id, end - start, segment, start)
-
-    def _heartbeat(self, t: Tracked) -> dict[str, Any] | None:
-        beat: dict[str, Any] | None = _layout.read_json_quietly(t.dir_fd, _layout.HEARTBEAT)
-        return beat
 
     def _move(self, t: Tracked, pos: Position) -> None:
         t.pos = pos
@@ -607,7 +491,7 @@ class Sender:
             if not t.exhausted:
                 continue
             if t.finished is not None:
-                if t.pos.seq < _int(t.finished.get("seq")):
+                if t.pos.seq < int_field(t.finished.get("seq")):
                     continue
             elif t.adopted_at is None:
                 continue
@@ -659,8 +543,8 @@ class Sender:
             "acked_records": h.acked_records,
             "acked_batches": h.acked_batches,
             "dead_letters": h.dead_letters,
-            "quarantined_bytes": h.quarantined_bytes,
-            "torn_bytes": h.torn_bytes,
+            "quarantined_bytes": self.reader.quarantined_bytes,
+            "torn_bytes": self.reader.torn_bytes,
             "adopted": h.adopted,
             "retired": h.retired,
             "writers": len(self.writers),
@@ -681,17 +565,6 @@ class Sender:
             for fd in self._fds.values():
                 os.close(fd)
             self.sink.close()
-
-
-def _may_have_moved_on(t: Tracked, size: int) -> bool:
-    """Whether a writer may have begun a segment after one of `size` bytes.
-
-    A live writer begins a new segment only once the current one reaches its
-    segment_bytes (meta.json). Not listing the folder on every read of an idle writer
-    saved a third of the leader's CPU with 1024 of them.
-    """
-    limit = (t.files.meta or {}).get("segment_bytes")
-    return type(limit) is not int or size >= limit or t.finished is not None or t.adopted_at is not None
 
 
 def _redact(url: str) -> str:

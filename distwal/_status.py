@@ -17,7 +17,7 @@ from . import _layout
 from ._config import _redact
 from ._cursor import Position, read_cursors
 from ._election import read_lease, recorded_sink
-from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity
+from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity, int_field
 from ._liveness import probe_process
 from ._scan import WriterFiles, load_writer
 from ._segment import last_seq_on_disk
@@ -93,8 +93,11 @@ def _writer_row(
     # The heartbeat may be a second old, or the last one of a killed writer: what is on
     # disk counts too (block headers only, from the cursor on).
     on_disk = max(_on_disk(files, pos), pos.seq)
-    durable = _int((finish or {}).get("seq")) if finish is not None else max(_int(beat.get("durable_seq")), on_disk)
-    logged = max(_int(beat.get("seq")), durable)
+    if finish is not None:
+        durable = int_field(finish.get("seq"))
+    else:
+        durable = max(int_field(beat.get("durable_seq")), on_disk)
+    logged = max(int_field(beat.get("seq")), durable)
     return {
         "writer": files.id,
         **_who(meta),
@@ -105,7 +108,7 @@ def _writer_row(
         "pending_records": max(0, durable - pos.seq),
         "pending_bytes": _pending_bytes(files.path, pos),
         "dead_letters": pos.dead,
-        "dropped": _int(beat.get("dropped")) or _int((finish or {}).get("dropped")),
+        "dropped": int_field(beat.get("dropped")) or int_field((finish or {}).get("dropped")),
         "heartbeat_age": age,
         "error": beat.get("error"),
         "started": meta.get("started"),
@@ -146,9 +149,9 @@ def _history_row(tomb: dict[str, Any]) -> dict[str, Any]:
         "writer": tomb.get("writer"),
         **_who(meta),
         "state": tomb.get("state"),
-        "records": _int(finish.get("seq")) or _int(tomb.get("acked_seq")),
-        "acked_seq": _int(tomb.get("acked_seq")),
-        "dead_letters": _int(tomb.get("dead_letters")),
+        "records": int_field(finish.get("seq")) or int_field(tomb.get("acked_seq")),
+        "acked_seq": int_field(tomb.get("acked_seq")),
+        "dead_letters": int_field(tomb.get("dead_letters")),
         "removed": tomb.get("removed"),
     }
 
@@ -243,11 +246,6 @@ def _count_newlines(fd: int) -> int:
             return total
         total += chunk.count(b"\n")
         pos += len(chunk)
-
-
-def _int(value: Any) -> int:
-    """An integer field of a file another process wrote; 0 when it is not one."""
-    return value if type(value) is int else 0
 
 
 def _age(now: float, ts: Any) -> float | None:
