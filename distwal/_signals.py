@@ -5,9 +5,9 @@ A main thread blocked in a wait (Event.wait, a pool worker's queue, a barrier) g
 only if the signal interrupts that wait. It does not when the signal lands on another
 thread, or just before the wait begins (CPython has noted it, the wait has not started).
 Without distwal, SIGTERM's default action needs no Python and ends the process at once.
-With distwal's handler installed, that SIGTERM would stay pending for ever. Under load it
-happened to about 1 SIGTERM in 70. torchrun then SIGKILLs the rank after its grace
-period, losing what the handler was there to save.
+With distwal's handler installed, that SIGTERM would stay pending for ever. Under load
+this happened in 3 of 150 rounds. torchrun then SIGKILLs the rank after its grace period,
+losing what the handler was there to save.
 
 Two measures:
 - our threads block SIGTERM and SIGINT, so the kernel never hands them one
