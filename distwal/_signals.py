@@ -86,7 +86,10 @@ class SigtermWatch:
         """Leave the parent's pipe: its watcher must never see this process's signals."""
         if self._fds is None:
             return
-        signal.set_wakeup_fd(-1)
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            return  # cannot unset it: keep the fds open, so no other file ever takes their numbers
         for fd in self._fds:
             os.close(fd)
         self._fds = None
