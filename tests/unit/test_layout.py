@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import re
 import stat
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import orjson
 import pytest
@@ -288,17 +290,54 @@ def test_prepare_dir_accepts_a_world_writable_sticky_dir(tmp_path: Path) -> None
     assert (root / "writers").is_dir()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: os.access says writable, so no refusal")
+def _as_nobody(call: Any) -> str:
+    """Run `call()` in a forked child that is uid/gid 65534; its ConfigError text, or 'no error'."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root for good, report, leave without cleanup
+        try:
+            os.close(read_fd)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                call()
+                message = "no error"
+            except ConfigError as exc:
+                message = "ConfigError: " + str(exc)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                message = f"{type(exc).__name__}: {exc}"
+            os.write(write_fd, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        message = f.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
 def test_prepare_dir_refuses_an_unwritable_dir(tmp_path: Path) -> None:
-    root = tmp_path / "readonly"
-    root.mkdir()
-    os.chmod(root, 0o500)
-    try:
-        with pytest.raises(ConfigError) as excinfo:
-            prepare_dir(str(root), PRIVATE)
-    finally:
-        os.chmod(root, 0o700)
-    assert str(root) in str(excinfo.value)
+    if os.geteuid() == 0:  # root may write anywhere: ask as nobody, in a dir nobody may reach
+        base = Path(tempfile.mkdtemp(dir="/tmp"))
+        try:
+            os.chmod(base, 0o755)
+            root = base / "readonly"
+            root.mkdir(mode=0o500)
+            os.chown(root, 65534, 65534)
+            message = _as_nobody(lambda: prepare_dir(str(root), PRIVATE))
+        finally:
+            shutil.rmtree(base)
+    else:
+        root = tmp_path / "readonly"
+        root.mkdir()
+        os.chmod(root, 0o500)
+        try:
+            with pytest.raises(ConfigError) as excinfo:
+                prepare_dir(str(root), PRIVATE)
+            message = "ConfigError: " + str(excinfo.value)
+        finally:
+            os.chmod(root, 0o700)
+    assert message.startswith("ConfigError: ") and str(root) in message and "\n" not in message, message
 
 
 def test_prepare_dir_refuses_a_file(tmp_path: Path) -> None:
