@@ -165,6 +165,36 @@ def test_a_sigterm_that_lands_on_another_thread_still_runs_the_handler(tmp_path,
     assert only_writer(wal_dir).seqs == [1]
 
 
+SOMEONE_ELSES_WAKEUP_FD = """
+import asyncio
+import distwal
+
+async def main():
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # asyncio's wakeup fd, set before distwal starts
+    mine = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(mine)
+    w = distwal.init()
+    w.log({"a": 1})
+    emit("kept", int(signal.set_wakeup_fd(mine) == mine))
+    emit("ready")
+    await stop.wait()
+    emit("stopped-by-asyncio")
+
+asyncio.run(main())
+"""
+
+
+def test_a_wakeup_fd_set_by_asyncio_is_left_alone(tmp_path, wal_dir):
+    with spawn(tmp_path, SOMEONE_ELSES_WAKEUP_FD, env=child_env(wal_dir)) as child:
+        child.wait_for("ready")
+        child.kill(signal.SIGTERM)
+        code = child.wait(timeout=10)
+    assert child.lines_with("kept")[0].parts[1] == "1", "distwal replaced asyncio's wakeup fd"
+    assert child.lines_with("stopped-by-asyncio") and code == 0, child.describe()
+
+
 THREAD_MASKS = """
 import distwal, psutil
 
