@@ -14,10 +14,8 @@ import pytest
 
 from distwal import _sender
 from distwal._config import Config
-from distwal._election import LeaseKeeper
 from distwal._layout import Identity, Modes, ensure_domain, prepare_dir
-from distwal._leader import Elector
-from distwal._liveness import LivenessJudge
+from distwal._leader import Elector, build_sender, owner_of
 from distwal._sender import Sender
 from distwal._writer import Writer
 from distwal.sinks._base import Batch, MockSink
@@ -46,18 +44,20 @@ def writers(root: str, n: int, records: int, **options: Any) -> list[Writer]:
 
 
 def leading_sender(root: str, batches: list[Batch], batch_records: int = 1000) -> Sender:
+    """A Sender that leads `root` as `distwal drain` does, shipping into `batches`."""
     config = Config.load(dir=root)
     domain = ensure_domain(root, MODES)
     identity = Identity.of_this_process()
-    owner = {"owner": f"test-{identity.pid}", "kind": "test", "host": identity.host, "pid": identity.pid}
+    owner = owner_of(identity, "test")
     elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
     deadline = time.monotonic() + 10
     while not elector.acquire():
         assert time.monotonic() < deadline, "could not lead"
         time.sleep(0.05)
-    lease = LeaseKeeper(root, elector.epoch, owner, config.lease_s, MODES)
-    judge = LivenessJudge(identity, config.lease_s)
-    return Sender(root, MockSink(batches.append), "mock://", lease, judge, domain, MODES, batch_records=batch_records)
+    sender = build_sender(config, elector.epoch, owner, domain, identity)
+    sender.sink.close()
+    sender.sink, sender.batch_records = MockSink(batches.append), batch_records
+    return sender
 
 
 def test_full_batches_take_the_writers_in_turn(root):
