@@ -22,6 +22,8 @@ from typing import Any
 from ._signals import SigtermWatch
 
 _SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
+
+
 class Hooks:
     """Process-wide hooks: at exit, multiprocessing finalizers, SIGTERM, fork."""
 

@@ -31,10 +31,10 @@ from ._election import (
     release_lease,
 )
 from ._hooks import hooks
-from ._signals import start_background_thread
 from ._layout import Identity, Modes
 from ._liveness import LivenessJudge, probe_process
 from ._sender import Sender
+from ._signals import start_background_thread
 
 logger = logging.getLogger("distwal")
 

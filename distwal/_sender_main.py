@@ -17,9 +17,9 @@ import threading
 import orjson
 
 from ._config import Config
-from ._signals import start_background_thread
 from ._layout import Identity
 from ._leader import build_sender
+from ._signals import start_background_thread
 
 _PR_SET_PDEATHSIG = 1
 

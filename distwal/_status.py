@@ -23,7 +23,6 @@ from ._scan import WriterFiles, load_writer
 from ._segment import last_seq_on_disk
 
 
-
 def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Per-writer status of a distwal directory, as plain data (see the module docstring)."""
     root = os.path.abspath(os.fspath(dir))

@@ -25,10 +25,10 @@ import orjson
 from . import _layout
 from ._config import Config
 from ._exceptions import ClosedError, FullError
+from ._hooks import hooks
 from ._layout import Identity, Modes
 from ._record import BLOCK_BYTES, Sealed, timestamps_bytes, writer_tag
 from ._segment import SegmentWriter
-from ._hooks import hooks
 from ._signals import start_background_thread
 from .launch._env import rank_from_env
 
@@ -449,8 +449,8 @@ class Writer:
         """Write the sealed blocks; fdatasync once; publish the new watermark.
 
         A block that cannot be written (disk full, EIO) stays in memory and is retried in
-        order on the next cycle; nothing behind it is written before it. On a full disk the
-        block is split at record boundaries until what fits is written.
+        order on the next cycle; nothing behind it is written before it. Once the disk is
+        full, what leaves _HEADROOM free is written, the first block cut at a record boundary.
         """
         with self._lock:
             if self._buf:

@@ -12,8 +12,8 @@ import signal
 import sys
 import threading
 
-from .._signals import start_background_thread
 from .._server import IngestServer
+from .._signals import start_background_thread
 
 
 def run(args: list[str]) -> int:
