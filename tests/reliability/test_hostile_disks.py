@@ -128,14 +128,6 @@ def wait_stalled(w: distwal.Writer, thread: threading.Thread, quiet: float = 0.3
         time.sleep(0.02)
 
 
-def known_bug_unless(predicate: Any, timeout: float, what: str, describe: Any = None) -> Any:
-    """wait_until, but a timeout raises KnownBug: the assertion a strict xfail expects to fail."""
-    try:
-        return wait_until(predicate, timeout, what, describe)
-    except AssertionError as exc:
-        raise KnownBug(str(exc)) from None
-
-
 def held_bytes(w: distwal.Writer, logged: dict[int, dict[str, Any]]) -> int:
     return sum(len(orjson.dumps(logged[s])) + 1 for s in logged if s > w.durable_seq)
 
@@ -232,25 +224,39 @@ def test_disk_full_holds_the_policy_keeps_segments_whole_and_resumes_when_space_
         assert [row["dropped"] for row in rows] == [dropped], f"status does not count the drops: {rows}"
 
 
-def test_disk_full_write_error_shows_in_the_heartbeat_while_a_heartbeat_fits(tmp_path, mounts):
-    # Room for a heartbeat but not for the buffered records: status must say why nothing moves.
+def buffered_on_a_full_disk(
+    tmp_path: Path, mounts: Any, room_bytes: int, commit_every: int = 0
+) -> tuple[Path, distwal.Writer, Path, Path]:
+    """A writer (on_full="drop") whose buffer filled on a full tmpfs: (wal, writer, room, ballast).
+
+    Unlinking `room` gives `room_bytes` back; `commit_every` N records, a pause lets a group
+    commit seal a block, so that several blocks wait in memory.
+    """
     disk = mounts.tmpfs(tmp_path / "disk", DISK)
     wal = disk / "wal"
     w = distwal.init(dir=wal, on_full="drop", max_buffer_bytes=BUFFER, heartbeat_interval=0.1)
     w.log(record(0))
     assert w.flush(5)
-    room = spare(disk, 16 * 1024)
+    room = spare(disk, room_bytes)
     ballast = fill_disk(disk)
     mounts.cleanups.append(lambda: ballast.unlink(missing_ok=True))
     for i in range(1, 1000):
         w.log(record(i))
+        if commit_every and i % commit_every == 0:
+            time.sleep(0.005)  # a commit interval's worth: one more block sealed
+    return wal, w, room, ballast
+
+
+def test_disk_full_write_error_shows_in_the_heartbeat_while_a_heartbeat_fits(tmp_path, mounts):
+    # Room for a heartbeat but not for the buffered records: status must say why nothing moves.
+    wal, w, room, ballast = buffered_on_a_full_disk(tmp_path, mounts, 16 * 1024)
     assert w.dropped > 0
     room.unlink()  # 16 KiB back: a heartbeat fits, the 64 KiB buffer does not
 
     def row() -> dict[str, Any]:
         return distwal.status(wal)["writers"][0]
 
-    found = known_bug_unless(
+    found = wait_until(
         lambda: (r := row())["error"] and "No space left" in r["error"] and (r["heartbeat_age"] or 9) < 1.0 and r,
         2, "status to show the write error with a fresh heartbeat", lambda: str(row()),
     )
@@ -263,18 +269,7 @@ def test_disk_full_write_error_shows_in_the_heartbeat_while_a_heartbeat_fits(tmp
 def test_disk_full_writes_the_blocks_that_fit_when_some_space_returns(tmp_path, mounts):
     # Less space back than is buffered, but room for many blocks: what fits is made durable,
     # so a crash now would lose less.
-    disk = mounts.tmpfs(tmp_path / "disk", DISK)
-    wal = disk / "wal"
-    w = distwal.init(dir=wal, on_full="drop", max_buffer_bytes=BUFFER, heartbeat_interval=0.1)
-    w.log(record(0))
-    assert w.flush(5)
-    room = spare(disk, 32 * 1024)
-    ballast = fill_disk(disk)
-    mounts.cleanups.append(lambda: ballast.unlink(missing_ok=True))
-    for i in range(1, 1000):
-        w.log(record(i))
-        if i % 20 == 0:
-            time.sleep(0.005)  # several group commits: several blocks in memory
+    wal, w, room, ballast = buffered_on_a_full_disk(tmp_path, mounts, 32 * 1024, commit_every=20)
     before = w.durable_seq
     assert w.seq - before > 200, f"expected a full buffer on the full disk (seq {w.seq}, durable {before})"
     room.unlink()  # 32 KiB back: about half of what is buffered fits
