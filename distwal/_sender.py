@@ -22,7 +22,7 @@ import orjson
 from . import _layout
 from ._cursor import Position, read_cursors, write_cursors
 from ._election import LeaseKeeper
-from ._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
+from ._exceptions import SinkError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes, int_field
 from ._liveness import LivenessJudge
 from ._reading import FolderReader, Tracked
@@ -500,6 +500,11 @@ class Sender:
             self._remove(t)
 
     def _remove(self, t: Tracked) -> None:
+        try:
+            self.sink.writer_done(t.id, t.files.meta or {}, _end_of(t))
+        except SinkError as exc:
+            logger.warning("distwal: sink could not close writer %s, retrying later: %s", t.id, exc)
+            return
         self._save_book()  # the cursor is durable before the files it covers go
         tombstone = {
             "writer": t.id,
@@ -565,6 +570,14 @@ class Sender:
             for fd in self._fds.values():
                 os.close(fd)
             self.sink.close()
+
+
+def _end_of(t: Tracked) -> dict[str, Any] | None:
+    """How a retired writer ended: its finish mark's word, else lost (adopted without one)."""
+    if t.finished is not None:
+        end = t.finished.get("end")
+        return end if isinstance(end, dict) else {"reason": "finished"}
+    return {"reason": "lost"}
 
 
 def _redact(url: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import orjson
 
@@ -88,6 +88,21 @@ class Sink:
 
     def write(self, batch: Batch) -> None:
         raise NotImplementedError("The 'write' method must be implemented.")
+
+    def writer_done(self, writer: str, meta: Mapping[str, Any], end: Mapping[str, Any] | None) -> None:
+        """Every record of `writer` is acknowledged and it will send no more (finished or adopted).
+
+        `end` is how the writer ended, as status shows it ({"reason": ...} or None when
+        unknown). Sinks that keep per-writer state (an MLflow run) close it here; raising
+        SinkError postpones the writer's retirement to a later cycle.
+        """
+
+    def read(
+        self, run: str | None = None, rank: int | None = None, since: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The stored records as envelopes (writer, seq, ts, host, pid, rank, run, local_rank,
+        attempt, data), ordered by ts, then writer and seq; `since` is a unix time."""
+        raise NotImplementedError(f"records sent to a {self.scheme or type(self).__name__} sink cannot be read back")
 
     def close(self) -> None:
         pass
