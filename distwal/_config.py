@@ -7,6 +7,7 @@ Every bad value raises ConfigError with one line that names it and the fix.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -20,6 +21,7 @@ ENV_DURABILITY = "DISTWAL_DURABILITY"
 ENV_DISABLE_SENDER = "DISTWAL_DISABLE_SENDER"
 ENV_RUN_ID = "DISTWAL_RUN_ID"
 ENV_TOKEN = "DISTWAL_TOKEN"  # read by HTTP sinks at use time; never stored in a Config
+ENV_SERVICE_NAME = "DISTWAL_SERVICE_NAME"  # the OTLP sink's service.name resource attribute
 ENV_LEASE_S = "DISTWAL_LEASE_S"
 ENV_EXIT_TIMEOUT = "DISTWAL_EXIT_TIMEOUT"
 ENV_MAX_PENDING_BYTES = "DISTWAL_MAX_PENDING_BYTES"
@@ -39,7 +41,7 @@ DEFAULT_ON_FULL = "block"
 
 DURABILITY_MODES = ("sync", "interval", "none")
 ON_FULL_POLICIES = ("block", "drop", "raise")
-SINK_SCHEMES = ("http", "https", "sqlite", "jsonl")
+SINK_SCHEMES = ("http", "https", "sqlite", "jsonl", "otlp+http", "otlp+https")
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,11 @@ class Config:
         if scheme not in SINK_SCHEMES:
             raise ConfigError(
                 f"{ENV_SINK} (or sink=) {_redact(self.sink)!r} is not a URL distwal can send to: use "
-                "http(s)://..., sqlite:///path/to.db or jsonl:///path/to/file.jsonl"
+                "http(s)://..., sqlite:///path/to.db, jsonl:///path/to/file.jsonl or otlp+http(s)://host:4318/v1/logs"
             )
+        if scheme.startswith("otlp+") and not _installed("opentelemetry.proto"):
+            raise ConfigError(f"{ENV_SINK} {_redact(self.sink)!r} needs the opentelemetry-proto package: "
+                              "pip install 'distwal[otlp]'")
         for name in ("interval", "heartbeat_interval", "lease_s", "exit_timeout"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
@@ -178,6 +183,13 @@ def _number(env: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a {kind.__name__}: set it to a number or unset it") from None
     return value
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 def _redact(url: str) -> str:

@@ -548,6 +548,8 @@ class Sender:
             "acked_records": h.acked_records,
             "acked_batches": h.acked_batches,
             "dead_letters": h.dead_letters,
+            # accepted, then reported dropped by the sink (OTLP partial_success): never silent
+            "sink_rejected": self.sink.rejected_records,
             "quarantined_bytes": self.reader.quarantined_bytes,
             "torn_bytes": self.reader.torn_bytes,
             "adopted": h.adopted,

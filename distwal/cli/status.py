@@ -78,6 +78,8 @@ def render(report: dict[str, Any]) -> Any:
     if sender:
         sink_line += (f"  state {sender.get('state')}, {sender.get('acked_records', 0)} records acknowledged "
                       f"by epoch {sender.get('epoch')}, {sender.get('errors', 0)} errors")
+        if sender.get("sink_rejected"):  # accepted, then dropped by the sink (OTLP partial_success)
+            sink_line += f", {sender['sink_rejected']} rejected by the sink"
         if sender.get("last_error"):
             sink_line += f", last: {sender['last_error']}"
     lines.append(Text(sink_line))

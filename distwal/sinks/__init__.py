@@ -9,13 +9,18 @@ __all__ = ["Batch", "Chunk", "MockSink", "Sink", "sink_from_url"]
 
 
 def sink_from_url(url: str) -> Sink:
-    """The sink for `url`: http(s)://..., sqlite:///path/to.db or jsonl:///path/to/file.jsonl."""
+    """The sink for `url`: http(s)://..., sqlite:///path/to.db, jsonl:///path/to/file.jsonl or
+    otlp+http(s)://host:port/v1/logs."""
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme in ("http", "https"):
         from .http import HTTPSink
 
         return HTTPSink(url)
+    if scheme in ("otlp+http", "otlp+https"):
+        from .otlp import OTLPSink
+
+        return OTLPSink(url)
     if scheme == "sqlite":
         from .sqlite import SQLiteSink
 
@@ -24,7 +29,7 @@ def sink_from_url(url: str) -> Sink:
         from .jsonl import JSONLSink
 
         return JSONLSink(_local_path(url, rest))
-    raise ConfigError(f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:/// or jsonl:///")
+    raise ConfigError(f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:///, jsonl:/// or otlp+http(s)://")
 
 
 def _local_path(url: str, rest: str) -> str:

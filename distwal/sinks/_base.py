@@ -85,6 +85,9 @@ class Sink:
     """
 
     scheme: ClassVar[str] = ""
+    # Records the sink acknowledged yet reported it dropped (OTLP partial_success): they
+    # cannot be resent, so the sender counts them in sender.json and status shows them.
+    rejected_records: int = 0
 
     def write(self, batch: Batch) -> None:
         raise NotImplementedError("The 'write' method must be implemented.")
