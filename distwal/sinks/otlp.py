@@ -30,7 +30,8 @@ import gzip
 import logging
 import os
 import struct
-from typing import Any, Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, Mapping
 
 import httpx
 import orjson
@@ -52,6 +53,7 @@ except ImportError:  # pragma: no cover - the check in sink_from_url names the f
 logger = logging.getLogger("distwal")
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request
+DEFAULT_REQUEST_RECORDS = 5000  # records per request (about 1.5 MB of protobuf for a 109-byte record)
 DEFAULT_SERVICE_NAME = "distwal"
 LOGS_PATH = "/v1/logs"  # the OTLP/HTTP default path for logs, used when the URL has none
 RETRYABLE = (429, 502, 503, 504)  # OTLP/HTTP: retry these, honouring Retry-After
@@ -140,35 +142,44 @@ def _any(value: Any) -> bytes:
 def _kvlist(mapping: dict[str, Any]) -> bytes:
     """A KeyValueList's content: one values (1) element per key.
 
-    Inlined by hand (lengths below 16384 are one list index): this runs for every value
-    of every record, and each function call saved is about 5 % of the encoding time.
+    Inlined by hand, with module globals bound to locals (lengths below 16384 are one list
+    index): this runs for every value of every record, and each call or global lookup saved
+    is a few percent of the encoding time.
     """
     parts: list[bytes] = []
     append = parts.append
+    float_heads, elements, double, small = _FLOAT_HEADS, _ELEMENTS, _DOUBLE, _SMALL
     for key, value in mapping.items():
         kind = type(value)
         if kind is float:
-            head = _FLOAT_HEADS.get(key)
+            head = float_heads.get(key)
             if head is not None:
-                append(head + _DOUBLE(0x21, value))  # the common case: a metric
+                append(head + double(0x21, value))  # the common case: a metric
                 continue
-        elif kind is not dict and kind is not list:
+            encoded = double(0x21, value)
+        elif kind is dict:
+            inner = _kvlist(value)
+            size = len(inner)
+            encoded = b"\x32" + (small[size] if size < 16384 else _varint_slow(size)) + inner
+        elif kind is not list:
             # A training loop logs the same tags and steps again and again: one lookup for
             # the whole element. The kind is in the key because True == 1 as a dict key.
-            element = _ELEMENTS.get((key, kind, value))
+            element = elements.get((key, kind, value))
             if element is not None:
                 append(element)
                 continue
+            encoded = _any(value)
+        else:
+            encoded = _any(value)
         head = _KEY_HEADS.get(key) or _key_head(key)
-        encoded = _any(value)
         size = len(encoded)
-        pair = head + (_SMALL[size] if size < 16384 else _varint_slow(size)) + encoded
+        pair = head + (small[size] if size < 16384 else _varint_slow(size)) + encoded
         size = len(pair)
-        element = b"\x0a" + (_SMALL[size] if size < 16384 else _varint_slow(size)) + pair
+        element = b"\x0a" + (small[size] if size < 16384 else _varint_slow(size)) + pair
         if kind is not float and kind is not dict and kind is not list and size < 256:
-            if len(_ELEMENTS) >= _MAX_ELEMENTS:
-                _ELEMENTS.clear()
-            _ELEMENTS[(key, kind, value)] = element
+            if len(elements) >= _MAX_ELEMENTS:
+                elements.clear()
+            elements[(key, kind, value)] = element
         append(element)
     return b"".join(parts)
 
@@ -178,10 +189,12 @@ def _attribute(key: str, value: Any) -> bytes:
     return _key_head(key) + _field(b"", _any(value))
 
 
-_SEQ_HEAD = _key_head("distwal.seq")
+# LogRecord.attributes (6) element for distwal.seq, up to its value's varint, by that varint's length.
+_SEQ_HEADS = {n: _field(b"\x32", _key_head("distwal.seq") + _varint(n + 1) + b"\x18" + b"\0" * n)[: -n]
+              for n in range(1, 11)}
 
 
-def _log_records(chunk: Chunk, epoch: int, loads: Callable[[bytes], Any] = orjson.loads) -> list[bytes]:
+def _log_records(chunk: Chunk, epoch: int) -> list[bytes]:
     """ScopeLogs.log_records (2) elements, one per record of the chunk.
 
     The attributes every record of a writer shares are encoded once per chunk; per record
@@ -195,15 +208,24 @@ def _log_records(chunk: Chunk, epoch: int, loads: Callable[[bytes], Any] = orjso
                            ("distwal.attempt", meta.get("attempt")))
         if value is not None
     )
-    out = []
+    out: list[bytes] = []
+    append = out.append
+    loads, kvlist, small, stamp, seq_heads, join = orjson.loads, _kvlist, _SMALL, _TIME, _SEQ_HEADS, b"".join
     seq = chunk.first_seq
     for ts, line in zip(chunk.ts, chunk.lines):
-        body = _any(loads(line))
-        seq_value = b"\x18" + _varint(seq)
-        seq_pair = _SEQ_HEAD + _varint(len(seq_value)) + seq_value
-        record = b"".join((_TIME(0x09, int(ts * 1e9)), b"\x2a", _varint(len(body)), body, shared,
-                           b"\x32", _varint(len(seq_pair)), seq_pair))
-        out.append(b"\x12" + _varint(len(record)) + record)
+        data = loads(line)
+        if type(data) is dict:
+            inner = kvlist(data)
+            size = len(inner)
+            body = b"\x32" + (small[size] if size < 16384 else _varint_slow(size)) + inner
+        else:
+            body = _any(data)
+        size = len(body)
+        number = small[seq] if seq < 16384 else _varint_slow(seq)
+        record = join((stamp(0x09, int(ts * 1e9)), b"\x2a", small[size] if size < 16384 else _varint_slow(size),
+                       body, shared, seq_heads[len(number)], number))
+        size = len(record)
+        append(b"\x12" + (small[size] if size < 16384 else _varint_slow(size)) + record)
         seq += 1
     return out
 
@@ -253,9 +275,12 @@ class OTLPSink(Sink):
         service_name: str | None = None,
         compress: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
+        request_records: int = DEFAULT_REQUEST_RECORDS,
     ) -> None:
         self.url = endpoint_of(url)
         self.compress = compress
+        self.request_records = request_records
+        self._pool: ThreadPoolExecutor | None = None
         self.service_name = service_name or os.environ.get(ENV_SERVICE_NAME, "").strip() or DEFAULT_SERVICE_NAME
         token = token if token is not None else os.environ.get(ENV_TOKEN) or None
         headers = {"Content-Type": "application/x-protobuf", "User-Agent": "distwal/1"}
@@ -268,12 +293,42 @@ class OTLPSink(Sink):
         self._token = token
 
     def write(self, batch: Batch) -> None:
+        """Send `batch` as requests of at most `request_records` records, one at a time, each
+        encoded while the one before is on the wire: the collector decodes a request about as
+        long as distwal takes to encode it, and the two then overlap (on two cores this took
+        the benchmark from 4.8x to 2x of POSTing pre-built requests). If any request fails the
+        batch fails and is sent again later, whole: a collector may then hold copies of the
+        requests it had accepted (at-least-once; (distwal.writer, distwal.seq) tell them apart).
+        """
+        parts = _split(batch, self.request_records)
+        if len(parts) == 1:
+            self._send(self._encode(parts[0]), len(batch))
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distwal-otlp")
+        in_flight: Future[None] | None = None
         try:
-            body = encode_request(batch, self.service_name)
+            for part in parts:
+                body = self._encode(part)
+                if in_flight is not None:
+                    in_flight.result()  # the previous request's SinkError ends the batch here
+                in_flight = self._pool.submit(self._send, body, len(part))
+        except BaseException:
+            if in_flight is not None:
+                wait([in_flight])  # never leave a request of a failed batch running behind us
+            raise
+        assert in_flight is not None
+        in_flight.result()
+
+    def _encode(self, batch: Batch) -> bytes:
+        try:
+            return encode_request(batch, self.service_name)
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             raise SinkRejected(f"a record cannot be encoded as an OTLP LogRecord: {exc}") from None
+
+    def _send(self, body: bytes, records: int) -> None:
         if self.compress:
-            body = gzip.compress(body, compresslevel=1)
+            body = gzip.compress(body, compresslevel=1)  # zlib lets go of the GIL: it overlaps encoding too
         try:
             response = self._client.post(self.url, content=body, headers=self._headers)
         except httpx.TimeoutException as exc:
@@ -281,7 +336,7 @@ class OTLPSink(Sink):
         except httpx.TransportError as exc:
             raise SinkUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
         if 200 <= response.status_code < 300:
-            self._count_partial_success(response, len(batch))
+            self._count_partial_success(response, records)
             return
         self._raise_for(response)
 
@@ -307,7 +362,32 @@ class OTLPSink(Sink):
         raise SinkPaused(detail)  # 401, 403, 404, 405, 415...: the URL, token or collector, not the data
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._client.close()
+
+
+def _split(batch: Batch, size: int) -> list[Batch]:
+    """`batch` in consecutive parts of at most `size` records (chunks split where needed)."""
+    if len(batch) <= size:
+        return [batch]
+    parts: list[Batch] = []
+    current: list[Chunk] = []
+    room = size
+    for chunk in batch.chunks:
+        while len(chunk) > room:
+            head, chunk = chunk.split(room)
+            parts.append(Batch(batch.epoch, batch.domain, (*current, head)))
+            current, room = [], size
+        if len(chunk):
+            current.append(chunk)
+            room -= len(chunk)
+        if room == 0:
+            parts.append(Batch(batch.epoch, batch.domain, tuple(current)))
+            current, room = [], size
+    if current:
+        parts.append(Batch(batch.epoch, batch.domain, tuple(current)))
+    return parts
 
 
 def endpoint_of(url: str) -> str:

@@ -300,3 +300,49 @@ def test_a_refused_connection_is_SinkUnavailable():
             sink.write(Batch(1, "d", (chunk_of("w", 1, [{}]),)))
     finally:
         sink.close()
+
+
+# -- large batches: several requests, each encoded while the one before is on the wire ---------------
+
+
+@given(st.lists(st.integers(min_value=0, max_value=7), min_size=1, max_size=6), st.integers(min_value=1, max_value=9))
+def test_split_keeps_every_record_once_in_order_within_the_size(chunk_sizes, size):
+    from distwal.sinks.otlp import _split
+
+    chunks = tuple(chunk_of(f"w{i}", 1, [{"i": j} for j in range(n)]) for i, n in enumerate(chunk_sizes))
+    batch = Batch(3, "d", chunks)
+    parts = _split(batch, size)
+    flat = [(c.writer, c.first_seq + k, line) for p in parts for c in p.chunks for k, line in enumerate(c.lines)]
+    want = [(c.writer, c.first_seq + k, line) for c in chunks for k, line in enumerate(c.lines)]
+    assert flat == want
+    assert all(0 < len(p) <= size for p in parts) or len(batch) == 0
+    assert all(p.epoch == 3 and p.domain == "d" for p in parts)
+
+
+def test_a_large_batch_goes_as_several_requests_every_record_once(receiver):
+    batch = Batch(1, "d", (chunk_of("w1", 1, [{"i": i} for i in range(7)]), chunk_of("w2", 1, [{"i": 9}] * 4)))
+    sink = OTLPSink(receiver.sink_url, request_records=3)
+    try:
+        sink.write(batch)
+    finally:
+        sink.close()
+    assert [len(r.records) for r in receiver.requests()] == [3, 3, 3, 2]
+    assert [(r.writer, r.seq) for r in receiver.received()] == [("w1", s) for s in range(1, 8)] + [
+        ("w2", s) for s in range(1, 5)]
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, SinkUnavailable), (400, SinkRejected), (401, SinkPaused)])
+def test_a_failed_request_fails_the_whole_batch_and_nothing_stays_in_flight(receiver, status, error):
+    receiver.plan = lambda req: Reply(status) if req.index == 1 else None
+    batch = Batch(1, "d", (chunk_of("w1", 1, [{"i": i} for i in range(10)]),))
+    sink = OTLPSink(receiver.sink_url, request_records=3)
+    try:
+        with pytest.raises(error):
+            sink.write(batch)
+        assert len(receiver.requests()) == 2  # one request at a time: nothing is sent after the failed one
+        receiver.plan = None
+        sink.write(batch)  # sent again whole: the first request's records arrive twice (at-least-once)
+    finally:
+        sink.close()
+    assert sorted({r.seq for r in receiver.received()}) == list(range(1, 11))
+    assert [r.seq for r in receiver.received()].count(1) == 2

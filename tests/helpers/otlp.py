@@ -311,7 +311,7 @@ class Rotel:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.__exit__()
-                    raise AssertionError(f"rotel did not start ({self.proc.returncode}): {self.output()[-2000:]}")
+                    raise AssertionError(f"rotel did not start ({self.proc.returncode}): {self.output()[-2000:]}") from None
                 time.sleep(0.05)
 
     def output(self) -> str:

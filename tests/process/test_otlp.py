@@ -88,7 +88,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_reaches_the_receiv
         for round_, mode in enumerate(modes):
             where = f"round {round_} ({mode}) {context}"
 
-            def new_leader_shipping():
+            def new_leader_shipping(last_epoch=last_epoch):
                 lease = read_json(wal / "leader.json")
                 if lease is None or lease["epoch"] <= last_epoch or lease.get("released"):
                     return None
@@ -102,7 +102,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_reaches_the_receiv
 
             base = receiver.count()
             want = rng.randint(1, 150)  # the random point: let the new leader ship a random amount first
-            wait_until(lambda: receiver.count() >= base + want, 30, f"{want} more records received {where}")
+            wait_until(lambda base=base, want=want: receiver.count() >= base + want, 30, f"{want} more records received {where}")
             if mode.startswith("commit"):
                 fired = threading.Event()
                 victims = sender_pids(pid)
@@ -235,6 +235,6 @@ def test_records_pass_through_the_rotel_collector(tmp_path):
         for rank in ranks:
             assert_acked_delivered_once(stored, rank.id, rank.tag, acks_of(rank.child), finished=True)
         assert_attributes_right(receiver, ranks, "(through rotel)", service="bert-pretrain")
-        # rotel's own debug log of what it received names the records too.
-        shown = rotel.output()
-        assert "distwal.seq: Int(200)" in shown and ranks[0].id in shown, shown[-2000:]
+        # rotel's own debug log of what it received names the records too (written as it goes).
+        wait_until(lambda: "distwal.seq: Int(200)" in rotel.output() and ranks[0].id in rotel.output(), 30,
+                   "rotel's debug log to show the records", lambda: rotel.output()[-2000:])

@@ -1,0 +1,152 @@
+"""The OTLP benchmark: records/s into an OTLP/HTTP receiver through the OTLP sink, against the raw limit.
+
+One run, real processes on this host (child roles in _otlp_child.py):
+
+  - a backlog: W writers x N records of append.py's 109-byte record, written with
+    DISTWAL_DISABLE_SENDER=1 in interval mode, each writer finished (ship.py's backlog role);
+  - the receiver: tests/helpers/otlp.py's OTLPReceiver in its own process, gunzipping and
+    parsing every ExportLogsServiceRequest with opentelemetry-proto (as a collector does) and
+    counting its records before it answers 200;
+  - sink: the library's Sender (led as `distwal drain` leads) with OTLPSink draining a
+    hard-linked copy of the backlog into the receiver: reading, checking, encoding, gzip, POST;
+  - raw: the same records as pre-built ExportLogsServiceRequest bytes (the very requests the
+    Sender sends, built ahead and not timed), POSTed by the same kind of httpx client with
+    gzip level 1 in the loop, as OTLPSink does: the cost of getting these records into the
+    receiver with reading and encoding taken away;
+  - encode: encode_request() alone over the same batches (us per record).
+
+Target: the sink within 2x of raw. Run it through run.py (`python benchmarks/run.py [--short]
+otlp`) or alone: `python benchmarks/otlp.py [--short]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from ship import Child, clean_env, hard_copy, kill_all, make_backlog, markdown_table, text_table  # noqa: E402
+
+PY = sys.executable
+OTLP_CHILD = os.path.join(HERE, "_otlp_child.py")
+TARGET = 2.0  # the sink within 2x of raw
+
+
+@dataclass
+class Scale:
+    reps: int
+    writers: int
+    per_writer: int
+
+
+FULL = Scale(reps=5, writers=8, per_writer=50_000)
+SHORT = Scale(reps=1, writers=4, per_writer=10_000)
+
+
+def _child(role: str, log: Any) -> Child:
+    return Child([role], clean_env(), log, argv=[PY, OTLP_CHILD, role])
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    mid = format(statistics.median(values), fmt)
+    if len(values) < 2:
+        return mid
+    return f"{mid} [{format(min(values), fmt)} to {format(max(values), fmt)}]"
+
+
+def main(short: bool = False) -> str:
+    """Run the OTLP benchmark; print the table; return it (with the target) as markdown."""
+    scale = SHORT if short else FULL
+    base = tempfile.mkdtemp(prefix="distwal-bench-otlp-")
+    log_path = os.path.join(base, "children.log")
+    log = open(log_path, "w")
+    started = time.monotonic()
+    results: dict[str, list[dict[str, Any]]] = {"sink": [], "raw": [], "encode": []}
+    built: dict[str, Any] = {}
+    try:
+        receiver = _child("receiver", log)
+        url = receiver.read(timeout=60)["sink_url"]
+        backlog = make_backlog(os.path.join(base, "backlog"), scale.writers, scale.per_writer, log)
+        worker = _child("worker", log)
+        worker.read(timeout=60)
+        build_dir = os.path.join(base, "build")
+        hard_copy(backlog.dir, build_dir)
+        worker.send(json.dumps({"kind": "build", "dir": build_dir, "url": url}))
+        built = worker.read(timeout=1800)
+        if built.get("n") != backlog.records:
+            raise RuntimeError(f"built requests hold {built.get('n')} records, the backlog {backlog.records}")
+        for rep in range(scale.reps):  # interleaved, so a burst of load on the machine hits every case
+            run_dir = os.path.join(base, f"run{rep}")
+            hard_copy(backlog.dir, run_dir)
+            worker.send(json.dumps({"kind": "sender", "dir": run_dir, "url": url, "records": backlog.records}))
+            got = worker.read(timeout=1800)
+            if got["n"] != backlog.records:
+                raise RuntimeError(f"the sink acknowledged {got['n']} of {backlog.records} records: {got}")
+            results["sink"].append(got)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            worker.send(json.dumps({"kind": "raw", "url": url[len("otlp+"):]}))
+            results["raw"].append(worker.read(timeout=1800))
+            worker.send(json.dumps({"kind": "encode"}))
+            results["encode"].append(worker.read(timeout=1800))
+        worker.close()
+        receiver.close()
+    except Exception:
+        traceback.print_exc()
+        with open(log_path, errors="replace") as f:
+            print(f"otlp: children's stderr (last 3000 characters):\n{f.read()[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        kill_all()
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+    n = built["n"]
+    sink_rates = [r["n"] / r["s"] for r in results["sink"]]
+    raw_rates = [r["n"] / r["s"] for r in results["raw"]]
+    ratios = [raw / sink for sink, raw in zip(sink_rates, raw_rates)]
+    ratio = statistics.median(ratios)
+    encode_us = [r["cpu_s"] / r["n"] * 1e6 for r in results["encode"]]
+    sink_cpu = [r["cpu_s"] / r["n"] * 1e6 for r in results["sink"]]
+    raw_cpu = [r["cpu_s"] / r["n"] * 1e6 for r in results["raw"]]
+    per_record = built["bytes"] / n
+    gz_per_record = built["gzip_bytes"] / n
+    headers = ["case", "records/s", "leader CPU us/record", "notes"]
+    rows = [
+        ["sink: Sender + OTLPSink into the receiver", _spread(sink_rates, ",.0f"), _spread(sink_cpu, ".2f"),
+         f"{built['requests']} requests; {per_record:.0f} bytes/record of protobuf, {gz_per_record:.1f} gzipped"],
+        ["raw: POST the pre-built requests (gzip in the loop)", _spread(raw_rates, ",.0f"), _spread(raw_cpu, ".2f"),
+         "the same requests, built ahead (not timed)"],
+        ["encode_request() alone", f"{1e6 / statistics.median(encode_us):,.0f}", _spread(encode_us, ".2f"),
+         "CPU time; LogRecords written straight into wire format"],
+    ]
+    met = "met" if ratio <= TARGET else "not met"
+    goal = (f"OTLP sink within {TARGET:g}x of POSTing pre-built request bytes: **{ratio:.2f}x** "
+            f"(per repetition {', '.join(f'{r:.2f}' for r in ratios)}): {met}")
+    elapsed = time.monotonic() - started
+    print(text_table(headers, rows, 3))
+    print()
+    print("- " + goal.replace("**", ""))
+    sizes = (f"Backlog: {scale.writers} writers x {scale.per_writer:,} records of 109 bytes (interval mode, "
+             f"DISTWAL_DISABLE_SENDER=1, then finish()); every sink run drains a hard-linked copy of it into "
+             f"the receiver (its own process, parsing every request); {scale.reps} interleaved repetition"
+             f"{'s' if scale.reps > 1 else ''}, median (range in brackets). Ran in {elapsed:.0f} s.")
+    md = [sizes, "", markdown_table(headers, ["---", "---:", "---:", "---"], rows), "", "Target:", "", f"- {goal}"]
+    return "\n".join(md) + "\n"
+
+
+if __name__ == "__main__":
+    text = main(short="--short" in sys.argv[1:])
+    out_dir = os.path.join(HERE, ".out")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "otlp.md"), "w") as f:
+        f.write(text)
