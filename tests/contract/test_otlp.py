@@ -132,8 +132,10 @@ def test_timestamps_keep_microseconds():
     assert abs(nanos - 1_732_200_000_123_456_000) < 1000
 
 
-def test_a_record_that_is_not_json_is_SinkRejected_so_the_sender_keeps_it_as_a_dead_letter():
-    bad = Chunk("w", META, b"", 1, [1.0], [b"{not json"])
+@pytest.mark.parametrize(("line", "ts"), [(b"{not json", 1.0), (b"{}", float("nan")), (b"{}", float("inf")),
+                                          (b"{}", -5.0)])
+def test_a_record_that_cannot_be_encoded_is_SinkRejected_so_the_sender_keeps_it_as_a_dead_letter(line, ts):
+    bad = Chunk("w", META, b"", 1, [ts], [line])
     with OTLPReceiver() as receiver:
         sink = OTLPSink(receiver.sink_url)
         try:
