@@ -45,7 +45,7 @@ try:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-except ImportError:  # pragma: no cover - the check in sink_from_url names the fix first
+except ImportError:  # pragma: no cover - Config.validate() says the same at init()
     raise ConfigError(
         "the otlp+http(s):// sink needs the opentelemetry-proto package: pip install 'distwal[otlp]'"
     ) from None
@@ -261,8 +261,8 @@ class OTLPSink(Sink):
     """POST batches as OTLP/HTTP ExportLogsServiceRequests. Pass `client` to customise transport.
 
         sink = OTLPSink("otlp+http://collector:4318/v1/logs")
-        sink.write(batch)            # one request; SinkError subclasses as the module says
-        sink.rejected_records        # records the collector accepted the request without
+        sink.write(batch)            # stored, or a SinkError subclass as the module docstring says
+        sink.rejected_records        # records collectors reported rejected in a partial_success
     """
 
     scheme = "otlp"
@@ -295,8 +295,8 @@ class OTLPSink(Sink):
     def write(self, batch: Batch) -> None:
         """Send `batch` as requests of at most `request_records` records, one at a time, each
         encoded while the one before is on the wire: the collector decodes a request about as
-        long as distwal takes to encode it, and the two then overlap (on two cores this took
-        the benchmark from 4.8x to 2x of POSTing pre-built requests). If any request fails the
+        long as distwal takes to encode it, and the two then overlap (on two busy cores the
+        benchmark went from 4.8x to 2.2x of POSTing pre-built requests). If any request fails the
         batch fails and is sent again later, whole: a collector may then hold copies of the
         requests it had accepted (at-least-once; (distwal.writer, distwal.seq) tell them apart).
         """
