@@ -8,6 +8,7 @@
                                  library's Sender drains it into a MockSink; each batch is split
                                  and encoded as OTLPSink does (not timed); kept for `raw`, `encode`
                sender DIR URL N  timed: the library's Sender with OTLPSink draining DIR into URL
+                                 (request_records: OTLPSink's, e.g. one request per batch)
                raw URL           timed: POST the built requests (gzip level 1 in the loop, as
                                  OTLPSink does) with an httpx client like OTLPSink's
                encode            timed: encode_request() alone over the built requests' records
@@ -68,7 +69,8 @@ def job_build(job: dict[str, Any]) -> dict[str, Any]:
 def job_sender(job: dict[str, Any]) -> dict[str, Any]:
     from distwal.sinks.otlp import OTLPSink
 
-    sender, elector = lead(job["dir"], job["url"], sink=OTLPSink(job["url"]))
+    sink = OTLPSink(job["url"], **({"request_records": job["request_records"]} if job.get("request_records") else {}))
+    sender, elector = lead(job["dir"], job["url"], sink=sink)
     expected = job["records"]
     gc.collect()
     try:
