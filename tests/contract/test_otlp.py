@@ -348,3 +348,16 @@ def test_a_failed_request_fails_the_whole_batch_and_nothing_stays_in_flight(rece
         sink.close()
     assert sorted({r.seq for r in receiver.received()}) == list(range(1, 11))
     assert [r.seq for r in receiver.received()].count(1) == 2
+
+
+def test_a_stale_epoch_is_stored_and_says_so_in_distwal_epoch(receiver):
+    # OTLP cannot fence (documented): a deposed leader's late batch is accepted like any other,
+    # and its records name the epoch they were sent under, for whoever queries them.
+    sink = OTLPSink(receiver.sink_url)
+    try:
+        sink.write(Batch(5, "d", (chunk_of("writer-a", 1, [{"i": 1}]),)))
+        sink.write(Batch(4, "d", (chunk_of("writer-a", 1, [{"i": 1}]),)))  # no StaleEpoch: nothing to raise it
+    finally:
+        sink.close()
+    assert [(r.writer, r.seq, r.attributes["distwal.epoch"]) for r in receiver.received()] == [
+        ("writer-a", 1, 5), ("writer-a", 1, 4)]
