@@ -323,7 +323,7 @@ class OTLPSink(Sink):
     def _encode(self, batch: Batch) -> bytes:
         try:
             return encode_request(batch, self.service_name)
-        except (orjson.JSONDecodeError, TypeError, ValueError, OverflowError, struct.error) as exc:
+        except (orjson.JSONDecodeError, TypeError, ValueError, OverflowError, RecursionError, struct.error) as exc:
             # e.g. a timestamp that is no time: the sender bisects down to that record's dead letter
             raise SinkRejected(f"a record cannot be encoded as an OTLP LogRecord: {exc}") from None
 
