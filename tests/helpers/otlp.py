@@ -31,11 +31,11 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
-otlp = pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed: pip install -e '.[otlp]'")
+pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed: pip install -e '.[otlp]'")
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (  # noqa: E402
     ExportLogsPartialSuccess,
@@ -326,7 +326,3 @@ class Rotel:
                 self.proc.kill()
                 self.proc.wait()
         self._out.close()
-
-
-def iter_keys(records: list[Received]) -> Iterator[tuple[str, int]]:
-    return ((r.writer, r.seq) for r in records)
