@@ -294,11 +294,12 @@ class OTLPSink(Sink):
 
     def write(self, batch: Batch) -> None:
         """Send `batch` as requests of at most `request_records` records, one at a time, each
-        encoded while the one before is on the wire: the collector decodes a request about as
-        long as distwal takes to encode it, and the two then overlap (on two busy cores the
-        benchmark went from 4.8x to 2.2x of POSTing pre-built requests). If any request fails the
-        batch fails and is sent again later, whole: a collector may then hold copies of the
-        requests it had accepted (at-least-once; (distwal.writer, distwal.seq) tell them apart).
+        encoded while the one before is on the wire: the collector's decoding, and the round
+        trip to a remote one, overlap distwal's encoding (benchmarks/otlp.py compares it with
+        one request per batch), and requests stay well below collectors' size limits. If any
+        request fails the batch fails and is sent again later, whole: a collector may then hold
+        copies of the requests it had accepted (at-least-once; (distwal.writer, distwal.seq)
+        tell them apart).
         """
         parts = _split(batch, self.request_records)
         if len(parts) == 1:
