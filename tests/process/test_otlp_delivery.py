@@ -229,8 +229,9 @@ def test_records_pass_through_the_rotel_collector(tmp_path):
                 assert rank.child.wait(60) == 0, rank.child.describe()
         acks = {rank.id: set(acks_of(rank.child)) for rank in ranks}
         assert sum(map(len, acks.values())) == 400
-        wait_until(lambda: receiver.has_all(acks), 30, "every acknowledged record through rotel",
-                   lambda: rotel.output()[-2000:])
+        wait_until(lambda: receiver.has_all(acks), 60, "every acknowledged record through rotel",
+                   lambda: f"receiver: {receiver.requests()} {sum(map(len, receiver.records().values()))} records; "
+                           f"rotel: {[line for line in rotel.output().splitlines() if 'ERROR' in line or 'WARN' in line]}")
         stored = receiver.records()
         for rank in ranks:
             assert_acked_delivered_once(stored, rank.id, rank.tag, acks_of(rank.child), finished=True)
