@@ -18,6 +18,11 @@ from ._exceptions import (
     LayoutError,
     LeaderTimeout,
     SinkError,
+    SinkPaused,
+    SinkRejected,
+    SinkTooLarge,
+    SinkUnavailable,
+    StaleEpoch,
 )
 from ._handler import LoggingHandler
 from ._status import status
@@ -34,6 +39,11 @@ __all__ = [
     "LeaderTimeout",
     "LoggingHandler",
     "SinkError",
+    "SinkPaused",
+    "SinkRejected",
+    "SinkTooLarge",
+    "SinkUnavailable",
+    "StaleEpoch",
     "Writer",
     "__version__",
     "current",
