@@ -58,7 +58,7 @@ def render(report: dict[str, Any], width: int | None = None, wide: bool = False)
     failure = report.get("first_failure")
     if failure:
         lines += _wrap(describe_failure(failure), limit)
-    several_runs = len(report.get("runs") or []) > 1
+    several_runs = len({row.get("run") for row in report["writers"] + report["history"]}) > 1
     rows = [_cells(w, False, wide) for w in report["writers"]] + [_cells(h, True, wide) for h in report["history"]]
     if rows:
         lines += table(rows, limit, several_runs)
