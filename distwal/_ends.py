@@ -108,7 +108,7 @@ class EndNotes:
                 self.note_exception(args.exc_type, args.exc_value, args.thread)
             previous_thread_hook(args)
 
-        def exit(code: Any = None) -> None:  # noqa: A001 - stands in for sys.exit
+        def exit(code: Any = None) -> None:  # stands in for sys.exit
             # sys.exit is the one way to learn the code: atexit handlers are not told it.
             self.exit_code, self.exit_ts = exit_code_of(code), time.time()
             previous_exit(code)

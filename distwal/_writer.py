@@ -96,6 +96,7 @@ class Writer:
         self._durable_at = (0, 0)  # (segment, offset) just past the last durable block
         self._dropped = 0
         self._closed = False
+        self._marked = False  # the finish mark is written
         self._bind_log()
         self._stopping = False
         self._last_error: str | None = None
@@ -591,6 +592,7 @@ class Writer:
             "end": end,  # how the process ended (see _ends)
         }
         _layout.write_atomic(self._dir_fd, _layout.FINISH, orjson.dumps(mark), self._modes)
+        self._marked = True
 
     # -- process events -----------------------------------------------------------------
 
@@ -641,11 +643,11 @@ class Writer:
         atexit will run): accept no more records, wait briefly for durability, write the
         finish mark with `end`. Takes the buffer lock only if it is free within _LOCK_PROBE.
         """
-        if end is None or self._dir_fd < 0 or not self._lock.acquire(timeout=_LOCK_PROBE):
+        if end is None or self._dir_fd < 0 or self._marked or not self._lock.acquire(timeout=_LOCK_PROBE):
             return
         try:
-            if self._closed:
-                return
+            # Closed already: the signal interrupted finish() (a pool worker at its exit)
+            # before it wrote the mark; the process ends here, so the mark is written here.
             self._closed = True
             self._room = -1
             target = self._seq
