@@ -158,6 +158,19 @@ class EndNotes:
         self.first, self.thread_exception, self.exit_code, self.exit_ts = None, None, None, None
 
 
+def end_in_flight() -> dict[str, Any] | None:
+    """The end an exception being raised right now means (finish() in a `finally:` block
+    or a context manager's exit), None when there is none."""
+    exc_type, exc, _ = sys.exc_info()
+    if exc_type is None:
+        return None
+    if issubclass(exc_type, SystemExit):
+        return end_of_exit(exit_code_of(getattr(exc, "code", None)))
+    if issubclass(exc_type, KeyboardInterrupt):
+        return end_of_signal(signal.SIGINT)
+    return make_end("exception", describe_exception(exc_type, exc))
+
+
 # -- what a reader infers -------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ import orjson
 
 from . import _layout
 from ._config import Config
-from ._ends import make_end
+from ._ends import end_in_flight, make_end
 from ._exceptions import ClosedError, FullError
 from ._hooks import hooks
 from ._layout import Identity, Modes
@@ -325,9 +325,10 @@ class Writer:
         """Stop accepting records, make everything durable, write the finish mark.
 
         Returns True when every logged record is durable and the mark is written.
-        Idempotent; never hangs past `timeout`. The mark says the writer finished.
+        Idempotent; never hangs past `timeout`. The mark says the writer finished, or,
+        called while an exception is being raised (a `finally:` block), that exception.
         """
-        return self._finish(timeout, make_end("finished", "finish()"))
+        return self._finish(timeout, end_in_flight() or make_end("finished", "finish()"))
 
     def _finish(self, timeout: float, end: dict[str, Any]) -> bool:
         """finish(), writing `end` (how the process ends, at exit) in the finish mark."""

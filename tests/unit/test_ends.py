@@ -157,3 +157,16 @@ def test_finish_marks_finished_and_status_shows_it(tmp_path: Path):
     [row] = distwal.status(tmp_path / "run")["writers"]
     assert row["state"] == "finished" and row["end"]["reason"] == "finished" and row["end"]["detail"] == "finish()"
     assert distwal.status(tmp_path / "run")["first_failure"] is None
+
+
+def test_finish_in_a_finally_block_records_the_exception_being_raised(tmp_path: Path):
+    w = distwal.init(dir=str(tmp_path / "run"))
+    w.log({"i": 1})
+    with pytest.raises(RuntimeError):
+        try:
+            raise RuntimeError("boom at 40")
+        finally:
+            w.finish()
+    [row] = distwal.status(tmp_path / "run")["writers"]
+    assert (row["end"]["reason"], row["end"]["detail"]) == ("exception", "RuntimeError: boom at 40")
+    assert distwal.status(tmp_path / "run")["first_failure"]["writer"] == w.id
