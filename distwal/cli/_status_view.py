@@ -123,7 +123,10 @@ def short_id(writer_id: str) -> str:
 
 
 def clock(ts: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ts))
+    """Local time of day; with the date when it is not today (a directory read days later)."""
+    when = time.localtime(ts)
+    today = time.localtime()[:3] == when[:3]
+    return time.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S", when)
 
 
 def _cells(row: dict[str, Any], done: bool, wide: bool) -> dict[str, str]:

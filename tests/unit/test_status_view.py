@@ -131,3 +131,11 @@ def test_narrow_terminal_shortens_the_end_last():
     header = _rows(text)[0].split()
     assert header == ["rank", "state", "end"], text
     assert all(len(line) <= 40 for line in _rows(text)), text
+
+
+def test_times_of_other_days_carry_their_date():
+    from distwal.cli._status_view import clock
+
+    now = time.time()
+    assert clock(now) == time.strftime("%H:%M:%S", time.localtime(now))
+    assert clock(now - 3 * 86400) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now - 3 * 86400))
