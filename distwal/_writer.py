@@ -24,6 +24,7 @@ import orjson
 
 from . import _layout
 from ._config import Config
+from ._ends import end_in_flight, make_end
 from ._exceptions import ClosedError, FullError
 from ._hooks import hooks
 from ._layout import Identity, Modes
@@ -95,6 +96,7 @@ class Writer:
         self._durable_at = (0, 0)  # (segment, offset) just past the last durable block
         self._dropped = 0
         self._closed = False
+        self._marked = False  # the finish mark is written
         self._bind_log()
         self._stopping = False
         self._last_error: str | None = None
@@ -323,8 +325,13 @@ class Writer:
         """Stop accepting records, make everything durable, write the finish mark.
 
         Returns True when every logged record is durable and the mark is written.
-        Idempotent; never hangs past `timeout`.
+        Idempotent; never hangs past `timeout`. The mark says the writer finished, or,
+        called while an exception is being raised (a `finally:` block), that exception.
         """
+        return self._finish(timeout, end_in_flight() or make_end("finished", "finish()"))
+
+    def _finish(self, timeout: float, end: dict[str, Any]) -> bool:
+        """finish(), writing `end` (how the process ends, at exit) in the finish mark."""
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
@@ -345,7 +352,7 @@ class Writer:
                 self._close_wake_pipe()
         ok = durable and self._durable_seq >= target
         try:
-            self._write_finish_mark(lost=target - self._durable_seq)
+            self._write_finish_mark(lost=target - self._durable_seq, end=end)
             self._write_heartbeat("finished")
         except OSError as exc:
             logger.error("distwal: cannot write the finish mark of %s: %s", self.id, exc)
@@ -574,7 +581,7 @@ class Writer:
         }
         _layout.write_atomic(self._dir_fd, _layout.HEARTBEAT, orjson.dumps(beat), self._modes, durable=False)
 
-    def _write_finish_mark(self, lost: int) -> None:
+    def _write_finish_mark(self, lost: int, end: dict[str, Any]) -> None:
         segment, offset = self._durable_at
         mark = {
             "seq": self._durable_seq,
@@ -582,9 +589,11 @@ class Writer:
             "offset": offset,
             "ts": time.time(),
             "dropped": self._dropped,
-            "lost": lost,
+            "lost": lost,  # records logged but not durable at the finish
+            "end": end,  # how the process ended (see _ends)
         }
         _layout.write_atomic(self._dir_fd, _layout.FINISH, orjson.dumps(mark), self._modes)
+        self._marked = True
 
     # -- process events -----------------------------------------------------------------
 
@@ -629,6 +638,31 @@ class Writer:
         while self._durable_seq < target and not self._stopped() and time.monotonic() < deadline:
             time.sleep(0.002)
         return True
+
+    def _end_now(self, end: dict[str, Any] | None, grace: float) -> None:
+        """From the SIGTERM handler, just before the default action ends the process (no
+        atexit will run): accept no more records, wait briefly for durability, write the
+        finish mark with `end`. Takes the buffer lock only if it is free within _LOCK_PROBE.
+        """
+        if end is None or self._dir_fd < 0 or self._marked or not self._lock.acquire(timeout=_LOCK_PROBE):
+            return
+        try:
+            # Closed already: the signal interrupted finish() (a pool worker at its exit)
+            # before it wrote the mark; the process ends here, so the mark is written here.
+            self._closed = True
+            self._room = -1
+            target = self._seq
+        finally:
+            self._lock.release()
+        self._poke()
+        deadline = time.monotonic() + grace
+        while self._durable_seq < target and not self._stopped() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        try:
+            self._write_finish_mark(lost=target - self._durable_seq, end=end)
+            self._write_heartbeat("finished")
+        except OSError as exc:
+            logger.error("distwal: cannot write the finish mark of %s: %s", self.id, exc)
 
     def _close_wake_pipe(self) -> None:
         for fd in (self._wake_r, self._wake_w):

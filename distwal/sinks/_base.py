@@ -92,8 +92,8 @@ class Sink:
     def writer_done(self, writer: str, meta: Mapping[str, Any], end: Mapping[str, Any] | None) -> None:
         """Every record of `writer` is acknowledged and it will send no more (finished or adopted).
 
-        `end` is how the writer ended, as status shows it ({"reason": ...} or None when
-        unknown). Sinks that keep per-writer state (an MLflow run) close it here; raising
+        `end` is how the writer ended, as status shows it: {"reason", "detail", "code",
+        "signal", "ts"} (docs/STATUS.md, "How each writer ended"). Sinks that keep per-writer state (an MLflow run) close it here; raising
         SinkError postpones the writer's retirement to a later cycle.
         """
 
