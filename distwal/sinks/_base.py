@@ -89,6 +89,11 @@ class Sink:
     def write(self, batch: Batch) -> None:
         raise NotImplementedError("The 'write' method must be implemented.")
 
+    def check(self) -> None:
+        """Raise SinkError when the sink cannot take records now: unreachable, refusing our
+        credentials, not writable. Called once before a job starts (`distwal run`, `distwal
+        drain`), never on the sending path; it stores nothing. The default checks nothing."""
+
     def writer_done(self, writer: str, meta: Mapping[str, Any], end: Mapping[str, Any] | None) -> None:
         """Every record of `writer` is acknowledged and it will send no more (finished or adopted).
 

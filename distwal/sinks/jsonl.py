@@ -32,5 +32,12 @@ class JSONLSink(Sink):
         except OSError as exc:
             raise SinkUnavailable(f"jsonl {self.path}: {exc.strerror}") from exc
 
+    def check(self) -> None:
+        """Opening the file for appending (in __init__) proved it writable; still a regular file?"""
+        try:
+            os.fstat(self._fd)
+        except OSError as exc:
+            raise SinkUnavailable(f"jsonl {self.path}: {exc.strerror}") from None
+
     def close(self) -> None:
         os.close(self._fd)

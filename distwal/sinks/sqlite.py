@@ -81,6 +81,19 @@ class RecordStore:
             except sqlite3.Error as exc:
                 raise SinkUnavailable(f"sqlite {self.path}: {exc}") from exc
 
+    def check(self) -> None:
+        """Take the write lock and let it go: proves the file (and its journal's directory)
+        writable without storing anything."""
+        with self._lock:
+            if self._db is None:
+                raise SinkUnavailable(f"sqlite {self.path}: closed")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("CREATE TABLE IF NOT EXISTS _distwal_check (x INTEGER)")
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise SinkUnavailable(f"sqlite {self.path}: not writable: {exc}") from None
+
     def count(self) -> int:
         with self._lock:
             if self._db is None:
@@ -105,6 +118,9 @@ class SQLiteSink(Sink):
 
     def write(self, batch: Batch) -> None:
         self.store.write(batch.domain, batch.epoch, _rows(batch))
+
+    def check(self) -> None:
+        self.store.check()
 
     def close(self) -> None:
         self.store.close()
