@@ -20,6 +20,7 @@ from ._exceptions import (
     SinkError,
 )
 from ._handler import LoggingHandler
+from ._readback import read
 from ._status import status
 from ._writer import Writer
 
@@ -41,5 +42,6 @@ __all__ = [
     "flush",
     "init",
     "log",
+    "read",
     "status",
 ]

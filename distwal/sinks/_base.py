@@ -107,7 +107,7 @@ class Sink:
     ) -> Iterator[dict[str, Any]]:
         """The stored records as envelopes (writer, seq, ts, host, pid, rank, run, local_rank,
         attempt, data), ordered by ts, then writer and seq; `since` is a unix time."""
-        raise NotImplementedError(f"records sent to a {self.scheme or type(self).__name__} sink cannot be read back")
+        raise NotImplementedError(f"records sent to {self.scheme or type(self).__name__} sinks cannot be read back")
 
     def close(self) -> None:
         pass
