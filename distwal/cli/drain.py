@@ -29,7 +29,8 @@ POLL = 0.2  # seconds between attempts to take leadership
 def run(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="distwal drain", description=__doc__.splitlines()[0])
     parser.add_argument("dir", nargs="?", help="the distwal directory (default: $DISTWAL_DIR or ./.distwal)")
-    parser.add_argument("--sink", help="sink URL (default: $DISTWAL_SINK, else the directory's SQLite file)")
+    parser.add_argument("--sink", help="sink URL; must match the one the directory recorded (default: $DISTWAL_SINK, "
+                        "else the recorded sink, else the directory's SQLite file)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up (default 300)")
     opts = parser.parse_args(args)
 
