@@ -75,8 +75,11 @@ def run(args: list[str]) -> int:
                 break  # a pass that found nothing more, and no dead writer left to adopt or remove
             if sender.lease.lost or time.monotonic() >= deadline:
                 reason = sender.lease.lost or f"timeout after {opts.timeout:.0f}s"
+                left = sum(max(0, mark - t.pos.seq) for w, mark in marks.items()
+                           if (t := sender.writers.get(w)) is not None)
                 print(f"distwal drain: not everything was delivered: {reason}; sink state "
-                      f"{sender.health.state}: {sender.health.last_error}", file=sys.stderr)
+                      f"{sender.health.state}: {sender.health.last_error}; {left} records left in {root}, "
+                      f"delivered when the sink takes them: distwal drain {root}", file=sys.stderr)
                 return 1
             if not sent:
                 time.sleep(0.05)
