@@ -25,6 +25,7 @@ from ._exceptions import (
     StaleEpoch,
 )
 from ._handler import LoggingHandler
+from ._readback import read
 from ._status import status
 from ._writer import Writer
 
@@ -51,5 +52,6 @@ __all__ = [
     "flush",
     "init",
     "log",
+    "read",
     "status",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import math
 import os
 import select
 import signal
@@ -46,7 +47,41 @@ def _default(obj: Any) -> Any:
     # Called by orjson only for types it does not know, so it costs nothing on the hot path.
     if isinstance(obj, Mapping):
         return dict(obj)
+    # Tensors (torch, or anything array-like with .item()/.tolist()) without importing them:
+    # a 0-d one is a number; anything larger needs the caller's decision (issue 9).
+    shape = getattr(obj, "shape", None)
+    if shape is not None and hasattr(obj, "item"):
+        if len(shape) == 0:
+            return obj.item()
+        raise TypeError(
+            f"cannot log a {type(obj).__name__} of shape {tuple(shape)}: log a number with .item() "
+            "or a list with .tolist()"
+        )
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+# NaN and infinities: JSON has no spelling for them and orjson writes null. distwal keeps them
+# as the strings of the proto3 JSON mapping for doubles, which MLflow and OTLP/JSON read back
+# as floats (README, "Values"). Only a record whose JSON holds "null" is walked.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _keep_non_finite(value: Any) -> Any:
+    """`value` with every NaN/Infinity float replaced by its string; the same object if none."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NON_FINITE[repr(float(value))]
+    if isinstance(value, Mapping):
+        items = {k: _keep_non_finite(v) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else items
+    if isinstance(value, (list, tuple)):
+        kept = [_keep_non_finite(v) for v in value]
+        return value if all(a is b for a, b in zip(kept, value)) else kept
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy scalars and arrays, 0-d tensors
+        if getattr(value.dtype, "kind", "f") == "f":  # numpy's float kind; torch dtypes have no kind
+            plain = value.tolist()
+            kept = _keep_non_finite(plain)
+            return value if kept is plain else kept
+    return value
 
 
 class Writer:
@@ -211,7 +246,16 @@ class Writer:
 
     def log(self, record: Mapping[str, Any], _dumps: Any = orjson.dumps, _now: Any = time.time) -> int:
         """Append `record`; return its seq (0 if dropped under on_full="drop")."""
-        data = _dumps(record, _default, _OPTS)
+        try:
+            data = _dumps(record, _default, _OPTS)
+        except TypeError as exc:  # orjson wraps what _default raised: show the hint, not the wrapper
+            raise (exc.__cause__ if isinstance(exc.__cause__, TypeError) else exc) from None
+        # orjson writes NaN and infinities as null. A byte test first (memchr, about 20 ns):
+        # most metric records hold no "u" at all, so they never pay for the substring search.
+        if 0x75 in data and b"null" in data:  # 0x75: "u"
+            kept = _keep_non_finite(record)
+            if kept is not record:
+                data = _dumps(kept, _default, _OPTS)
         if len(data) > self._max_record or data[0] != 0x7B:  # 0x7B: "{"
             self._refuse(data)
         lock = self._lock
