@@ -83,6 +83,8 @@ class IngestServer(ThreadingHTTPServer):
         rows, error = _parse(body)
         if error is not None:
             return _reply(422, error)
+        if not rows:  # a probe (Sink.check): address and token are fine; nothing to store or fence
+            return 200, {"Content-Type": "application/json"}, orjson.dumps({"accepted": 0, "new": 0})
         started = time.time()
         try:
             new = self.store.write(domain, epoch, rows)

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, SinkError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
 from ._base import Batch, Chunk, MockSink, Sink
 
-__all__ = ["Batch", "Chunk", "MockSink", "Sink", "sink_from_url"]
+# A third-party sink needs nothing private: the interface and the errors it may raise
+# (ConfigError for a URL it cannot use, the SinkError family for a batch it did not store).
+__all__ = [
+    "Batch",
+    "Chunk",
+    "ConfigError",
+    "MockSink",
+    "Sink",
+    "SinkError",
+    "SinkPaused",
+    "SinkRejected",
+    "SinkTooLarge",
+    "SinkUnavailable",
+    "StaleEpoch",
+    "sink_from_url",
+]
 
 
 def sink_from_url(url: str) -> Sink:

@@ -39,7 +39,7 @@ import orjson
 from .._config import ENV_SERVICE_NAME, ENV_TOKEN
 from .._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
 from ._base import Batch, Chunk, Sink
-from .http import _retry_after
+from .http import CHECK_TIMEOUT, _retry_after
 
 try:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
@@ -320,6 +320,21 @@ class OTLPSink(Sink):
             raise
         assert in_flight is not None
         in_flight.result()
+
+    def check(self) -> None:
+        """POST an empty ExportLogsServiceRequest (no records: nothing stored, and OTLP says a
+        collector answers it 200): any answer but 401/403/404 and the like, 5xx or 429 shows
+        the address reachable and the token accepted."""
+        body = gzip.compress(b"", compresslevel=1) if self.compress else b""
+        try:
+            response = self._client.post(self.url, content=body, headers=self._headers, timeout=CHECK_TIMEOUT)
+        except httpx.TimeoutException:
+            raise SinkUnavailable(f"{self.url}: no answer within {CHECK_TIMEOUT:.0f}s") from None
+        except httpx.TransportError as exc:
+            raise SinkUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        if 200 <= response.status_code < 300 or response.status_code in (400, 413, 422):
+            return  # it answered and did not refuse us: at most it has views on an empty request
+        self._raise_for(response)
 
     def _encode(self, batch: Batch) -> bytes:
         try:

@@ -361,3 +361,38 @@ def test_a_stale_epoch_is_stored_and_says_so_in_distwal_epoch(receiver):
         sink.close()
     assert [(r.writer, r.seq, r.attributes["distwal.epoch"]) for r in receiver.received()] == [
         ("writer-a", 1, 5), ("writer-a", 1, 4)]
+
+
+# -- check(): the preflight of `distwal run` and `distwal drain` --------------------------------------
+
+
+def test_check_passes_against_a_collector_and_stores_nothing(receiver):
+    from distwal._preflight import check_sink
+
+    ok, line = check_sink(receiver.sink_url)
+    assert ok, line
+    (probe,) = receiver.requests()
+    assert probe.records == [] and receiver.received() == []
+
+
+@pytest.mark.parametrize(("status", "error"), [(401, SinkPaused), (404, SinkPaused), (503, SinkUnavailable),
+                                               (429, SinkUnavailable)])
+def test_check_maps_answers_to_the_error_a_batch_would_get(receiver, status, error):
+    receiver.plan = lambda req: Reply(status)
+    sink = OTLPSink(receiver.sink_url)
+    try:
+        with pytest.raises(error):
+            sink.check()
+    finally:
+        sink.close()
+
+
+def test_check_of_a_refused_port_is_SinkUnavailable():
+    from helpers.otlp import free_port
+
+    sink = OTLPSink(f"otlp+http://127.0.0.1:{free_port()}/v1/logs")
+    try:
+        with pytest.raises(SinkUnavailable):
+            sink.check()
+    finally:
+        sink.close()
