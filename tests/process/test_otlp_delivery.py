@@ -239,3 +239,24 @@ def test_records_pass_through_the_rotel_collector(tmp_path):
         # rotel's own debug log of what it received names the records too (written as it goes).
         wait_until(lambda: "distwal.seq: Int(200)" in rotel.output() and ranks[0].id in rotel.output(), 30,
                    "rotel's debug log to show the records", lambda: rotel.output()[-2000:])
+
+
+def test_nan_and_infinities_logged_arrive_as_otlp_doubles(tmp_path):
+    import math
+
+    import distwal
+
+    wal = tmp_path / "wal"
+    with OTLPReceiver() as receiver:
+        writer = distwal.init(dir=str(wal), sink=receiver.sink_url, durability="sync", disable_sender=True)
+        writer.log({"step": 1, "loss": float("nan"), "grad": {"max": float("inf"), "min": float("-inf")},
+                    "note": "NaN"})
+        writer.finish()
+        env = cluster_env(wal, receiver.sink_url)
+        drained = run_cli(["drain", str(wal), "--sink", receiver.sink_url, "--timeout", "60"], env)
+        assert drained.returncode == 0, drained.stderr
+        (record,) = receiver.received()
+    # log() keeps them as "NaN"/"Infinity"/"-Infinity"; the OTLP sink turns exactly those back into doubles
+    # (a string "NaN" logged as such becomes one too: the spelling is the same).
+    assert record.data["step"] == 1 and math.isnan(record.data["loss"]) and math.isnan(record.data["note"])
+    assert record.data["grad"] == {"max": math.inf, "min": -math.inf}
