@@ -292,8 +292,8 @@ class Rotel:
             "--otlp-http-endpoint", f"127.0.0.1:{self.port}", "--otlp-grpc-endpoint", f"127.0.0.1:{free_port()}",
             "--exporter", "otlp", "--otlp-exporter-protocol", "http", "--otlp-exporter-endpoint", upstream,
             "--batch-timeout", "50ms", "--debug-log", "logs", "--debug-log-verbosity", "detailed",
-            # A loaded test machine can keep the receiver from answering within rotel's default 5 s;
-            # its retries then start 5 s later and back off to 30 s: wait longer, retry sooner.
+            # Should a loaded test machine keep the receiver from answering within rotel's default
+            # 5 s, rotel would retry only 5 s later, backing off to 30 s: wait longer, retry sooner.
             "--otlp-exporter-request-timeout", "30s", "--otlp-exporter-retry-initial-backoff", "200ms",
             "--otlp-exporter-retry-max-backoff", "2s",
             "--pid-file", str(workdir / "rotel.pid"), "--log-file", str(workdir / "rotel-agent.log"),
