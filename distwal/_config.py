@@ -7,6 +7,7 @@ Every bad value raises ConfigError with one line that names it and the fix.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -39,7 +40,7 @@ DEFAULT_ON_FULL = "block"
 
 DURABILITY_MODES = ("sync", "interval", "none")
 ON_FULL_POLICIES = ("block", "drop", "raise")
-SINK_SCHEMES = ("http", "https", "sqlite", "jsonl")
+SINK_SCHEMES = ("http", "https", "sqlite", "jsonl", "postgresql", "postgres")
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,10 @@ class Config:
         if scheme not in SINK_SCHEMES:
             raise ConfigError(
                 f"{ENV_SINK} (or sink=) {_redact(self.sink)!r} is not a URL distwal can send to: use "
-                "http(s)://..., sqlite:///path/to.db or jsonl:///path/to/file.jsonl"
+                "http(s)://..., sqlite:///path/to.db, jsonl:///path/to/file.jsonl or postgresql://host/db"
             )
+        if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None:
+            raise ConfigError("the PostgreSQL sink needs psycopg 3: pip install 'distwal[postgres]'")
         for name in ("interval", "heartbeat_interval", "lease_s", "exit_timeout"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < float("inf")):

@@ -9,7 +9,8 @@ __all__ = ["Batch", "Chunk", "MockSink", "Sink", "sink_from_url"]
 
 
 def sink_from_url(url: str) -> Sink:
-    """The sink for `url`: http(s)://..., sqlite:///path/to.db or jsonl:///path/to/file.jsonl."""
+    """The sink for `url`: http(s)://..., sqlite:///path/to.db, jsonl:///path/to/file.jsonl or
+    postgresql://[user@]host[:port]/db[?table=NAME&sslmode=...]."""
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme in ("http", "https"):
@@ -20,11 +21,15 @@ def sink_from_url(url: str) -> Sink:
         from .sqlite import SQLiteSink
 
         return SQLiteSink(_local_path(url, rest))
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresSink
+
+        return PostgresSink(url)
     if scheme == "jsonl":
         from .jsonl import JSONLSink
 
         return JSONLSink(_local_path(url, rest))
-    raise ConfigError(f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:/// or jsonl:///")
+    raise ConfigError(f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:///, jsonl:/// or postgresql://")
 
 
 def _local_path(url: str, rest: str) -> str:
