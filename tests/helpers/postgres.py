@@ -97,7 +97,8 @@ class PostgresServer:
 
     def start(self, timeout: float = 60.0) -> None:
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
-                   f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=60 -c shared_buffers=64MB")
+                   f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=60 -c shared_buffers=64MB "
+                   "-c track_commit_timestamp=on")  # commit times: tests check the order epochs committed in
         self._run([f"{self.bin}/pg_ctl", "start", "-w", "-t", str(int(timeout)), "-D", self.data,
                    "-l", self.log, "-o", options])
 
