@@ -143,7 +143,8 @@ class PostgresRows:
     def write(self, domain: str, epoch: int, rows: Iterable[Row]) -> int:
         from .sinks.postgres import rows_payload
 
-        return self.pg.write(domain, epoch, rows_payload(epoch, rows))
+        payload = rows_payload(epoch, rows)
+        return self.pg.write(domain, epoch, lambda: (payload,))
 
     def count(self) -> int:
         return self.pg.count()

@@ -36,7 +36,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -58,11 +58,11 @@ CONNECT_TIMEOUT = 10  # seconds, unless the URL says connect_timeout=...
 # The order rows are sent in by COPY: the writer's constant fields first, so a chunk's
 # prefix is formatted once and each record adds only seq, ts and data.
 COPY_COLUMNS = ("writer", "host", "pid", "rank", "run", "local_rank", "attempt", "epoch", "seq", "ts", "data")
+PIECE = 2000  # rows per piece of COPY text handed to the connection
 READ_COLUMNS = ("writer", "seq", "ts", "host", "pid", "rank", "run", "local_rank", "attempt")
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,56}")
 _NEEDS_ESCAPE = re.compile(rb"[\\\n\r\t]")
-_RAW_CONTROL = re.compile(rb"[\n\r\t]")
 _COPY_ESCAPES = {b"\\": b"\\\\", b"\n": b"\\n", b"\r": b"\\r", b"\t": b"\\t"}
 # SQLSTATE classes and codes (PostgreSQL's errcodes): what each failure means for the sender.
 _PAUSE_STATES = ("28", "3D", "42", "3F")  # authorization, missing database or schema, privilege/schema errors
@@ -157,10 +157,13 @@ class PostgresStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, domain: str, epoch: int, payload: bytes) -> int:
-        """Store COPY text rows (columns COPY_COLUMNS) unless `epoch` is stale for `domain`.
+    def write(self, domain: str, epoch: int, rows: Callable[[], Iterable[bytes]]) -> int:
+        """Store rows of COPY text (columns COPY_COLUMNS) unless `epoch` is stale for `domain`.
 
-        Returns how many rows were new. Raises StaleEpoch, or the SinkError for a failure.
+        `rows()` yields the text in pieces, sent as they are made so the server parses one
+        piece while the next is built (it is called again if the batch must take the
+        duplicate-skipping path). Returns how many rows were new; raises StaleEpoch, or the
+        SinkError for a failure.
         """
         with self._lock:
             conn = self._connection()
@@ -173,11 +176,13 @@ class PostgresStore:
                         try:
                             with conn.transaction():  # a savepoint: a duplicate undoes only the COPY
                                 with cur.copy(self._copy_direct) as copy:
-                                    copy.write(payload)
+                                    for piece in rows():
+                                        copy.write(piece)
                             new = int(cur.rowcount)
                         except psycopg.errors.UniqueViolation:
                             with cur.copy(self._copy_staged) as copy:
-                                copy.write(payload)
+                                for piece in rows():
+                                    copy.write(piece)
                             cur.execute(self._move)
                             new = int(cur.rowcount)
                 return new
@@ -292,7 +297,7 @@ class PostgresSink(Sink):
         if not len(batch):
             return
         started = time.perf_counter()
-        new = self.store.write(batch.domain, batch.epoch, batch_rows(batch))
+        new = self.store.write(batch.domain, batch.epoch, lambda: batch_rows(batch))
         logger.debug("distwal: %s stored %d of %d records in %.3fs", self.store.where, new, len(batch),
                      time.perf_counter() - started)
 
@@ -308,9 +313,9 @@ class PostgresSink(Sink):
 # -- COPY text ------------------------------------------------------------------------------
 
 
-def batch_rows(batch: Batch) -> bytes:
-    """The batch as COPY text rows (columns COPY_COLUMNS): per chunk, the constant head once."""
-    out: list[bytes] = []
+def batch_rows(batch: Batch) -> Iterator[bytes]:
+    """The batch as COPY text rows (columns COPY_COLUMNS), in pieces of at most PIECE rows;
+    per chunk, the writer's constant fields are formatted once."""
     epoch = b"%d" % batch.epoch
     for chunk in batch.chunks:
         if not len(chunk):
@@ -321,27 +326,37 @@ def batch_rows(batch: Batch) -> bytes:
             _field(_integer(m.get("rank"), 31)), _field(_text(m.get("run"))),
             _field(_integer(m.get("local_rank"), 31)), _field(_integer(m.get("attempt"), 31)), epoch,
         ]) + b"\t"
-        stamps = orjson.dumps(list(chunk.ts))[1:-1].split(b",")
-        joined = b"".join(chunk.lines)
-        if b"\\u0000" in joined or _RAW_CONTROL.search(joined) or not _is_utf8(joined):
-            # The rare slow path, record by record: NULs wrapped, odd bytes escaped or refused.
-            lines = [_escape(_storable(chunk.writer, chunk.first_seq + i, line)) for i, line in enumerate(chunk.lines)]
-        else:  # orjson's output: only backslashes need escaping for COPY text
-            lines = [line.replace(b"\\", b"\\\\") for line in chunk.lines]
         template = head + b"%d\t%s\t%s\n"
-        first = chunk.first_seq
-        out.extend(template % (first + i, ts, line) for i, (ts, line) in enumerate(zip(stamps, lines)))
-    return b"".join(out)
+        for start in range(0, len(chunk), PIECE):
+            lines = chunk.lines[start:start + PIECE]
+            stamps = orjson.dumps(list(chunk.ts[start:start + PIECE]))[1:-1].split(b",")
+            first = chunk.first_seq + start
+            joined = b"".join(lines)
+            # `in` is a memchr; a regex over the whole piece cost 4 ms per 2,000 rows.
+            if (b"\\u0000" in joined or b"\n" in joined or b"\t" in joined or b"\r" in joined
+                    or not _is_utf8(joined)):
+                # The rare slow path, record by record: NULs wrapped, odd bytes escaped or refused.
+                lines = [_escape(_storable(chunk.writer, first + i, line)) for i, line in enumerate(lines)]
+            else:  # orjson's output: only backslashes need escaping for COPY text
+                lines = [line.replace(b"\\", b"\\\\") for line in lines]
+            yield b"".join([template % (first + i, ts, line) for i, (ts, line) in enumerate(zip(stamps, lines))])
 
 
 def rows_payload(epoch: int, rows: Iterable[Sequence[Any]]) -> bytes:
     """COPY text for `distwal serve`'s rows: (writer, seq, ts, host, pid, rank, run, local_rank,
-    attempt, data JSON text), in the order the SQLite store takes them."""
+    attempt, data as orjson's JSON text), in the order the SQLite store takes them."""
     out = []
+    heads: dict[tuple[Any, ...], bytes] = {}  # one writer's envelopes share their constant fields
+    epoch_field = b"%d" % epoch
     for writer, seq, ts, host, pid, rank, run, local_rank, attempt, data in rows:
-        line = _escape(_storable(writer, seq, data.encode()))
-        values = (writer, host, pid, rank, run, local_rank, attempt, epoch, seq, ts)
-        out.append(b"\t".join([*(_field(v) for v in values), line]) + b"\n")
+        key = (writer, host, pid, rank, run, local_rank, attempt)
+        head = heads.get(key)
+        if head is None:
+            head = heads[key] = b"\t".join([*(_field(v) for v in key), epoch_field]) + b"\t"
+        line = data.encode()
+        if b"\\u0000" in line:
+            line = orjson.dumps({RAW_KEY: data})
+        out.append(b"%s%s\t%s\t%s\n" % (head, _field(seq), _field(ts), line.replace(b"\\", b"\\\\")))
     return b"".join(out)
 
 
