@@ -210,8 +210,13 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise self._mapped(exc) from None
         try:
-            for statement in self._schema:
-                conn.execute(statement)
+            # Create only what is missing: CREATE TABLE IF NOT EXISTS needs CREATE on the schema
+            # even when the table is there, and a role granted just INSERT and SELECT must work.
+            names = [sql.Identifier(name).as_string(conn) for name in (self.table, self.fence_table)]
+            found = conn.execute("SELECT to_regclass(%s) IS NULL OR to_regclass(%s) IS NULL", names).fetchone()
+            if found is None or found[0]:
+                for statement in self._schema:
+                    conn.execute(statement)
             conn.execute(self._stage)
             conn.autocommit = False
         except psycopg.errors.UniqueViolation:

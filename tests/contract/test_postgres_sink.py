@@ -177,6 +177,21 @@ def test_a_role_without_privileges_on_the_table_is_SinkPaused(pg, table, sink):
         outsider.close()
 
 
+def test_a_role_granted_only_select_and_insert_writes_into_an_existing_table(pg, table, sink):
+    sink.write(batch_of([b"{}"]))
+    pg.admin("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'writer_only') THEN "
+             f"CREATE ROLE writer_only LOGIN PASSWORD '{pg.password}'; END IF; END $$")
+    pg.sql(f'GRANT SELECT, INSERT ON "{table}" TO writer_only')
+    pg.sql(f'GRANT SELECT, INSERT, UPDATE ON "{table}_fence" TO writer_only')
+    limited = sink_from_url(pg.url(table=table, user="writer_only"))
+    try:
+        limited.write(batch_of([b"{}"], first=2))
+        limited.write(batch_of([b"{}"], first=1))  # a duplicate takes the ON CONFLICT path: still allowed
+    finally:
+        limited.close()
+    assert sorted(stored(pg, table)) == [1, 2]
+
+
 def test_a_server_that_is_down_is_SinkUnavailable():
     import socket
 
