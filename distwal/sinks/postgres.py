@@ -231,23 +231,28 @@ class PostgresStore:
         return conn
 
     def _mapped(self, exc: Exception) -> Exception:
-        """The SinkError for a psycopg error; drops a connection that is no longer usable."""
+        """The SinkError for a psycopg error. The connection is dropped unless the data was at
+        fault: after a failover the old one may be open but read-only (25006), and a restarted
+        server or a fixed grant is only seen by a new one."""
+        state = getattr(exc, "sqlstate", None) or _connect_state(str(exc))
+        message = f"{self.where}: {type(exc).__name__}: {_first_line(exc)}"
+        error: Exception
+        if state is None or state.startswith(_UNAVAILABLE_STATES):
+            error = SinkUnavailable(message if state is None else f"{message} (SQLSTATE {state})")
+        elif state.startswith(_PAUSE_STATES):
+            error = SinkPaused(f"{message} (SQLSTATE {state}): fix the URL, the role or its grants")
+        elif state.startswith(_REJECT_STATES):
+            error = SinkRejected(f"{message} (SQLSTATE {state})")
+        else:
+            error = SinkUnavailable(f"{message} (SQLSTATE {state})")
         conn = self._conn
-        if conn is not None and (conn.closed or conn.broken):
+        if conn is not None and (conn.closed or conn.broken or not isinstance(error, SinkRejected)):
             self._conn = None
             try:
                 conn.close()
             except Exception:  # noqa: BLE001 - a broken connection may fail to close: it is gone either way
                 pass
-        state = getattr(exc, "sqlstate", None) or _connect_state(str(exc))
-        message = f"{self.where}: {type(exc).__name__}: {_first_line(exc)}"
-        if state is None or state.startswith(_UNAVAILABLE_STATES):
-            return SinkUnavailable(message)
-        if state.startswith(_PAUSE_STATES):
-            return SinkPaused(f"{message} (SQLSTATE {state}): fix the URL, the role or its grants")
-        if state.startswith(_REJECT_STATES):
-            return SinkRejected(f"{message} (SQLSTATE {state})")
-        return SinkUnavailable(f"{message} (SQLSTATE {state})")
+        return error
 
     def close(self) -> None:
         with self._lock:

@@ -192,6 +192,21 @@ def test_a_role_granted_only_select_and_insert_writes_into_an_existing_table(pg,
     assert sorted(stored(pg, table)) == [1, 2]
 
 
+def test_a_multi_host_url_fails_over_to_the_address_that_answers(pg, table):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    url = pg.url(table=table).replace(f"127.0.0.1:{pg.port}", f"127.0.0.1:{dead},127.0.0.1:{pg.port}")
+    sink = sink_from_url(url + "&target_session_attrs=read-write")
+    try:
+        sink.write(batch_of([b"{}"]))
+    finally:
+        sink.close()
+    assert sorted(stored(pg, table)) == [1]
+
+
 def test_a_server_that_is_down_is_SinkUnavailable():
     import socket
 
