@@ -37,7 +37,7 @@ from helpers.procs import Child
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
-FAULTS = ("leader_rank", "leader_sender", "db_crash", "connection_cut")
+FAULTS = ("leader_rank", "leader_sender", "db_crash", "connection_cut", "commit_then_kill")
 ROUNDS = int(os.environ.get("POSTGRES_KILL_ROUNDS", "8"))
 
 
@@ -67,6 +67,12 @@ def stored_count(pg: PostgresServer) -> int:
         return -1
 
 
+def commits_waiting(pg: PostgresServer) -> int:
+    """Sessions whose COMMIT is written but waits for a synchronous standby (no reply sent yet)."""
+    with pg.connect(superuser=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'").fetchone()[0])
+
+
 def wait_mid_batch(pg: PostgresServer, timeout: float = 3.0) -> bool:
     """Wait until a COPY is running in the server (a batch in flight); False if none came in time."""
     deadline = time.monotonic() + timeout
@@ -83,7 +89,7 @@ def wait_mid_batch(pg: PostgresServer, timeout: float = 3.0) -> bool:
 def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path, seed, pg):
     rng = random.Random(seed)
     faults = [rng.choice(FAULTS) for _ in range(ROUNDS)]
-    for required in ("db_crash", "connection_cut", "leader_rank"):
+    for required in ("db_crash", "connection_cut", "leader_rank", "commit_then_kill"):
         if required not in faults:
             faults[rng.randrange(ROUNDS)] = required
     context = f"(seed={seed}, faults={faults})"
@@ -91,6 +97,7 @@ def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path
     wal, stop = tmp_path / "wal", tmp_path / "stop"
     url = pg.url()
     mid_batch = 0
+    committed_unacked: list[int] = []  # records committed after their leader was killed waiting for the reply
 
     with ExitStack() as stack:
         env = cluster_env(wal, url)
@@ -123,6 +130,23 @@ def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path
                     pg.start()
                 else:
                     pg.terminate_backends()
+            elif fault == "commit_then_kill":
+                pid = int(lease["pid"])
+                leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
+                assert leader is not None, f"leader.json names pid {pid}, not one of our live ranks {where}"
+                pg.admin("ALTER SYSTEM SET synchronous_standby_names = 'nobody'", "SELECT pg_reload_conf()")
+                try:
+                    wait_until(lambda: commits_waiting(pg) > 0, 30, f"a commit waiting for the standby {where}")
+                    leader.child.kill(signal.SIGKILL)  # the rank and, with it, its sender
+                    assert leader.child.wait() == -signal.SIGKILL, leader.child.describe()
+                    leader.killed = True
+                    held_back = stored_count(pg)  # the held batch is not visible yet
+                finally:
+                    pg.admin("ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()")
+                wait_until(lambda: commits_waiting(pg) == 0, 30, f"the held commit to complete {where}")
+                committed_unacked.append(stored_count(pg) - held_back)
+                assert committed_unacked[-1] > 0, f"the killed leader's held commit stored nothing {where}"
+                add_rank()
             else:
                 pid = int(lease["pid"])
                 leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
@@ -169,6 +193,7 @@ def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path
             f"epoch {older} committed rows until {span[older][1]}, after epoch {newer} began at {span[newer][0]} "
             f"{context}")
     print(f"{total} acked records from {len(ranks)} writers, all stored once; {len(rows)} rows; epochs {epochs}; "
-          f"{mid_batch} faults landed with a COPY in flight {context}")
+          f"{mid_batch} faults landed with a COPY in flight; records committed after their leader died: "
+          f"{committed_unacked} {context}")
     assert len(rows) == sum(len(v) for v in stored.values())
     assert len(epochs) >= 1 + sum(f.startswith("leader") for f in faults) // 2, f"too few leaders {epochs} {context}"
