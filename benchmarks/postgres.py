@@ -9,7 +9,8 @@ append.py's 109-byte record, written with DISTWAL_DISABLE_SENDER=1 by ship.py's 
           fence, COPY, commit) into a fresh table
   raw     the raw limit: the very rows the sink stored, read back with COPY ... TO STDOUT
           ahead of time, then COPYed with psycopg into a table without a key, in batches of
-          the same size, one commit each: no dedupe, no fence, no reading of segment files
+          the same size, one commit each: no dedupe, no fence, no reading of segment files;
+          and the same into a table with the sink's primary key (what dedupe costs the server)
   serve   `distwal serve --db postgresql://...` against `distwal serve --db FILE.db` (SQLite),
           each fed by the Sender through HTTPSink (gzip, the default), from a smaller backlog
 
@@ -85,12 +86,14 @@ def drain(root: str, url: str, expected: int) -> float:
         elector.lock.release()
 
 
-def raw_copy(pg: Any, chunks: list[bytes], table: str) -> float:
-    """COPY prebuilt rows into a table without a key, one commit per chunk: the raw limit."""
+def raw_copy(pg: Any, chunks: list[bytes], table: str, keyed: bool = False) -> float:
+    """COPY prebuilt rows into a table without a key (or, keyed, with the sink's primary key),
+    one commit per chunk: the raw limit."""
     import psycopg
 
     with psycopg.connect(pg.url().split("?")[0]) as conn:
-        conn.execute(f"CREATE TABLE {table} (LIKE distwal_bench_0 INCLUDING DEFAULTS)")
+        like = "INCLUDING ALL" if keyed else "INCLUDING DEFAULTS"
+        conn.execute(f"CREATE TABLE {table} (LIKE distwal_bench_0 {like})")
         conn.commit()
         t0 = time.perf_counter()
         for chunk in chunks:
@@ -151,6 +154,7 @@ def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
     print(f"postgres: backlogs written ({backlog.records:,} and {small.records:,} records)", file=sys.stderr)
     sink_rates: list[float] = []
     raw_rates: list[float] = []
+    keyed_rates: list[float] = []
     for rep in range(scale.reps):
         table = f"distwal_bench_{rep}"
         copy = os.path.join(base, f"run-{rep}")
@@ -164,6 +168,8 @@ def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
         sink_rates.append(backlog.records / seconds)
         chunks = stored_rows(pg, table)
         raw_rates.append(backlog.records / raw_copy(pg, chunks, f"distwal_raw_{rep}"))
+        keyed_rates.append(backlog.records / raw_copy(pg, chunks, f"distwal_keyed_{rep}", keyed=True))
+        pg.sql(f"DROP TABLE distwal_raw_{rep}, distwal_keyed_{rep}")
         print(f"postgres: rep {rep + 1}/{scale.reps}: sink {sink_rates[-1]:,.0f}/s, raw {raw_rates[-1]:,.0f}/s",
               file=sys.stderr, flush=True)
 
@@ -171,10 +177,12 @@ def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
     serve_pg = serve_rate(pg.url(table="distwal_serve", password=False), small.dir, base, small.records, log, env)
     serve_sqlite = serve_rate(os.path.join(base, "serve.db"), small.dir, base, small.records, log, env)
 
-    sink, raw = statistics.median(sink_rates), statistics.median(raw_rates)
+    sink, raw, keyed = statistics.median(sink_rates), statistics.median(raw_rates), statistics.median(keyed_rates)
     ratio = raw / sink
     rows = [
         ("raw limit: prebuilt rows COPYed with psycopg, no key, no fence", f"{raw:,.0f}", "1.00", ""),
+        ("the same, into a table with the sink's (writer, seq) primary key", f"{keyed:,.0f}", f"{raw / keyed:.2f}",
+         "what the key alone costs"),
         ("Sender -> PostgreSQL sink (fence + COPY, one commit per batch)", f"{sink:,.0f}", f"{ratio:.2f}",
          f"target >= {TARGET_RATE:,}/s and <= {TARGET_RATIO}x: "
          f"{'met' if sink >= TARGET_RATE and ratio <= TARGET_RATIO else 'NOT met'}"),
@@ -194,8 +202,9 @@ def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
           "", "| case | records/s | raw limit / case | note |", "|---|---:|---:|---|"]
     md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     md.append("")
-    md.append("Per repetition (sink, raw): " + ", ".join(f"{s:,.0f} / {r:,.0f}" for s, r in zip(sink_rates, raw_rates)))
-    print(json.dumps({"sink": sink_rates, "raw": raw_rates, "serve_pg": serve_pg, "serve_sqlite": serve_sqlite}),
+    md.append("Per repetition (sink / raw / keyed): " + ", ".join(
+        f"{s:,.0f} / {r:,.0f} / {k:,.0f}" for s, r, k in zip(sink_rates, raw_rates, keyed_rates)))
+    print(json.dumps({"sink": sink_rates, "raw": raw_rates, "keyed": keyed_rates, "serve_pg": serve_pg, "serve_sqlite": serve_sqlite}),
           file=sys.stderr)
     return "\n".join(md) + "\n"
 
