@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import re
+from itertools import chain, repeat
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -336,20 +337,22 @@ def batch_rows(batch: Batch) -> Iterator[bytes]:
             _field(_integer(m.get("rank"), 31)), _field(_text(m.get("run"))),
             _field(_integer(m.get("local_rank"), 31)), _field(_integer(m.get("attempt"), 31)), epoch,
         ]) + b"\t"
-        template = head + b"%d\t%s\t%s\n"
         for start in range(0, len(chunk), PIECE):
             lines = chunk.lines[start:start + PIECE]
             stamps = orjson.dumps(list(chunk.ts[start:start + PIECE]))[1:-1].split(b",")
             first = chunk.first_seq + start
-            joined = b"".join(lines)
-            # `in` is a memchr; a regex over the whole piece cost 4 ms per 2,000 rows.
-            if (b"\\u0000" in joined or b"\n" in joined or b"\t" in joined or b"\r" in joined
-                    or not _is_utf8(joined)):
+            seqs = orjson.dumps(list(range(first, first + len(lines))))[1:-1].split(b",")
+            joined = b"\n".join(lines)
+            # `in` and count() run at memchr speed; a regex over the piece cost 4 ms per 2,000 rows.
+            if (b"\\u0000" in joined or joined.count(b"\n") != len(lines) - 1 or b"\t" in joined
+                    or b"\r" in joined or not _is_utf8(joined)):
                 # The rare slow path, record by record: NULs wrapped, odd bytes escaped or refused.
                 lines = [_escape(_storable(chunk.writer, first + i, line)) for i, line in enumerate(lines)]
-            else:  # orjson's output: only backslashes need escaping for COPY text
-                lines = [line.replace(b"\\", b"\\\\") for line in lines]
-            yield b"".join([template % (first + i, ts, line) for i, (ts, line) in enumerate(zip(stamps, lines))])
+            elif b"\\" in joined:  # orjson's output: only backslashes need escaping for COPY text
+                lines = joined.replace(b"\\", b"\\\\").split(b"\n")
+            # One join over the fields, no bytes object per row: half the cost of formatting each row.
+            yield b"".join(chain.from_iterable(zip(repeat(head), seqs, repeat(b"\t"), stamps, repeat(b"\t"), lines,
+                                                   repeat(b"\n"))))
 
 
 def rows_payload(epoch: int, rows: Iterable[Sequence[Any]]) -> bytes:
