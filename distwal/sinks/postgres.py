@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import logging
 import re
-from itertools import chain, repeat
 import threading
 import time
+from itertools import chain, repeat
 from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 

@@ -119,7 +119,7 @@ def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path
             where = f"round {round_} ({fault}) {context}"
             base = max(stored_count(pg), 0)
             want = rng.randint(20, 400)
-            wait_until(lambda: stored_count(pg) >= base + want, 60, f"{want} more records stored {where}",
+            wait_until(lambda target=base + want: stored_count(pg) >= target, 60, f"{want} more records stored {where}",
                        lambda: f"leader.json {read_json(wal / 'leader.json')}; sender {read_json(wal / 'sender.json')}")
             lease = read_json(wal / "leader.json")
             if fault in ("db_crash", "connection_cut"):
