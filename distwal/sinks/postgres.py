@@ -6,7 +6,9 @@ The URL is a libpq connection URI plus one parameter of ours, `table` (default
 distwal_records). Everything else (sslmode, sslrootcert, connect_timeout, ...) goes to
 libpq unchanged; the password comes from the URL or from libpq's own PGPASSWORD and
 ~/.pgpass, and never reaches a message, a log line or a file (messages show the URL with
-its secrets masked).
+its secrets masked). TLS is verified: for a server off this machine, sslmode=verify-full
+(with the system's CA store unless ~/.postgresql/root.crt exists) unless the URL or
+PGSSLMODE says otherwise.
 
 Tables, created if missing:
 
@@ -33,6 +35,7 @@ sender bisects the batch down to that record and keeps it as a dead letter; the 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -93,9 +96,30 @@ def split_url(url: str) -> tuple[str, str]:
             "(at most 57 characters, not starting with a digit)"
         )
     rest = [(key, value) for key, value in params if key != "table"]
-    if not any(key == "connect_timeout" for key, _ in rest):
+    given = {key for key, _ in rest}
+    if "connect_timeout" not in given:
         rest.append(("connect_timeout", str(CONNECT_TIMEOUT)))
+    if _leaves_the_machine(parts.netloc, [v for k, v in rest if k == "host"]):
+        # TLS verified, as for HTTP sinks: libpq's own default (sslmode=prefer) takes any
+        # certificate and falls back to plain text. The URL or PGSSLMODE can say otherwise.
+        if "sslmode" not in given and not os.environ.get("PGSSLMODE"):
+            rest.append(("sslmode", "verify-full"))
+            if "sslrootcert" not in given and not os.environ.get("PGSSLROOTCERT") and psycopg is not None \
+                    and psycopg.pq.version() >= 160000 and not os.path.exists(_USER_ROOT_CERT):
+                rest.append(("sslrootcert", "system"))  # the system's CA store, as httpx uses
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment)), table
+
+
+_USER_ROOT_CERT = os.path.expanduser("~/.postgresql/root.crt")  # libpq's own default CA file
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]", "")
+
+
+def _leaves_the_machine(netloc: str, host_params: list[str]) -> bool:
+    """True when a host of the URL is neither loopback nor a Unix socket directory."""
+    hosts = [h.rsplit(":", 1)[0] if not h.startswith("[") else h.split("]")[0] + "]"
+             for h in netloc.rsplit("@", 1)[-1].split(",")]
+    hosts += [h for value in host_params for h in value.split(",")]
+    return any(not (h in _LOOPBACK or h.startswith("/") or h.startswith("%2F")) for h in hosts)
 
 
 def where(url: str) -> str:

@@ -251,6 +251,23 @@ def test_a_table_name_that_is_not_a_plain_identifier_is_a_ConfigError(table):
         split_url(f"postgresql://h/db?table={table}")
 
 
+@pytest.mark.parametrize(("url", "verified"), [
+    ("postgresql://u@db.example.org/m", True),
+    ("postgresql://u@127.0.0.1:5,db.example.org:5/m", True),
+    ("postgresql://u@127.0.0.1:5432/m", False),
+    ("postgresql://u@localhost/m", False),
+    ("postgresql://u@[::1]:5432/m", False),
+    ("postgresql:///m?host=/var/run/postgresql", False),
+    ("postgresql://u@db.example.org/m?sslmode=disable", False),
+])
+def test_tls_is_verified_by_default_for_a_server_off_this_machine(url, verified, monkeypatch):
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    conninfo, _ = split_url(url)
+    assert ("sslmode=verify-full" in conninfo) == verified, conninfo
+    if not verified and "sslmode=" in url:
+        assert "sslmode=disable" in conninfo  # what the URL says wins
+
+
 def test_libpq_parameters_pass_through_and_table_is_ours():
     conninfo, table = split_url("postgresql://u@h:5/db?sslmode=verify-full&table=t1&application_name=x")
     assert table == "t1"
