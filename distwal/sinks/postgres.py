@@ -59,6 +59,7 @@ logger = logging.getLogger("distwal")
 DEFAULT_TABLE = "distwal_records"
 RAW_KEY = "$distwal_raw_json"  # the lossless form of a record jsonb refuses (see the module docstring)
 CONNECT_TIMEOUT = 10  # seconds, unless the URL says connect_timeout=...
+TCP_USER_TIMEOUT_MS = 60_000  # unless the URL says tcp_user_timeout=...
 # The order rows are sent in by COPY: the writer's constant fields first, so a chunk's
 # prefix is formatted once and each record adds only seq, ts and data.
 COPY_COLUMNS = ("writer", "host", "pid", "rank", "run", "local_rank", "attempt", "epoch", "seq", "ts", "data")
@@ -99,6 +100,10 @@ def split_url(url: str) -> tuple[str, str]:
     given = {key for key, _ in rest}
     if "connect_timeout" not in given:
         rest.append(("connect_timeout", str(CONNECT_TIMEOUT)))
+    if "tcp_user_timeout" not in given:
+        # A server that vanished from the network (no ACK for our data) fails the call after
+        # this long instead of blocking the sender for the kernel's 15 minutes of retransmits.
+        rest.append(("tcp_user_timeout", str(TCP_USER_TIMEOUT_MS)))
     if _leaves_the_machine(parts.netloc, [v for k, v in rest if k == "host"]):
         # TLS verified, as for HTTP sinks: libpq's own default (sslmode=prefer) takes any
         # certificate and falls back to plain text. The URL or PGSSLMODE can say otherwise.
