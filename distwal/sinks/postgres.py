@@ -395,11 +395,20 @@ def rows_payload(epoch: int, rows: Iterable[Sequence[Any]]) -> bytes:
         head = heads.get(key)
         if head is None:
             head = heads[key] = b"\t".join([*(_field(v) for v in key), epoch_field]) + b"\t"
-        line = data.encode()
-        if b"\\u0000" in line:
-            line = orjson.dumps({RAW_KEY: data})
-        out.append(b"%s%s\t%s\t%s\n" % (head, _field(seq), _field(ts), line.replace(b"\\", b"\\\\")))
+        if "\\u0000" in data:
+            data = orjson.dumps({RAW_KEY: data}).decode()
+        # orjson wrote `data`: no raw tab or newline in it, only backslashes to escape.
+        out.append(b"%s%s\t%s\t%s\n" % (head, _number(seq), _number(ts), data.replace("\\", "\\\\").encode()))
     return b"".join(out)
+
+
+def _number(value: Any) -> bytes:
+    kind = type(value)
+    if kind is int:
+        return b"%d" % value
+    if kind is float:
+        return repr(value).encode()  # 'nan' and 'inf' are float8 input PostgreSQL takes
+    return _field(value)
 
 
 def _storable(writer: str, seq: int, line: bytes) -> bytes:
