@@ -8,6 +8,7 @@ The generic contract (a batch stored, duplicates, stale epochs) is in test_sinks
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,41 @@ def test_a_resent_batch_after_a_lost_commit_reply_stores_nothing_twice(pg, table
     sink.write(first)  # the sender resends what it never saw acknowledged
     sink.write(overlapping)
     assert sorted(stored(pg, table)) == list(range(1, 9))
+
+
+def test_a_commit_whose_reply_is_lost_is_SinkUnavailable_and_its_retry_stores_nothing_twice(pg, table, sink):
+    """The server commits, the reply never arrives: the commit is held (a synchronous standby
+    that does not exist), the connection is cut while it waits (PostgreSQL keeps the commit),
+    the sink reports the failure, and the sender's retry of the same batch is a no-op."""
+    import threading
+
+    batch = batch_of([orjson.dumps({"i": i}) for i in range(50)])
+    sink.write(batch_of([b"{}"], first=100))  # connected, tables made
+    outcome: list[BaseException | None] = []
+    pg.admin("ALTER SYSTEM SET synchronous_standby_names = 'nobody'", "SELECT pg_reload_conf()")
+    try:
+        def send() -> None:
+            try:
+                sink.write(batch)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        with pg.connect(superuser=True) as admin:
+            deadline = time.monotonic() + 30
+            while not admin.execute("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'").fetchall():
+                assert time.monotonic() < deadline, "the commit never waited for the standby"
+                time.sleep(0.02)
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+    finally:
+        pg.admin("ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()")
+    sender.join(30)  # the terminated backend lets go of its client once the wait is called off
+    assert len(outcome) == 1 and isinstance(outcome[0], SinkUnavailable), outcome
+    assert sorted(stored(pg, table)) == [*range(1, 51), 100], "the commit whose reply was lost is there"
+    sink.write(batch)  # the sender retries: the primary key makes it a no-op
+    assert sorted(stored(pg, table)) == [*range(1, 51), 100]
 
 
 # -- failures ---------------------------------------------------------------------------------
