@@ -184,8 +184,8 @@ def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
         ("the same, into a table with the sink's (writer, seq) primary key", f"{keyed:,.0f}", f"{raw / keyed:.2f}",
          "what the key alone costs"),
         ("Sender -> PostgreSQL sink (fence + COPY, one commit per batch)", f"{sink:,.0f}", f"{ratio:.2f}",
-         f"target >= {TARGET_RATE:,}/s and <= {TARGET_RATIO}x: "
-         f"{'met' if sink >= TARGET_RATE and ratio <= TARGET_RATIO else 'NOT met'}"),
+         f"within {TARGET_RATIO}x of the raw limit: {'met' if ratio <= TARGET_RATIO else 'NOT met'}; "
+         f">= {TARGET_RATE:,}/s: {'met' if sink >= TARGET_RATE else 'NOT met'}"),
         ("Sender -> `distwal serve --db FILE.db` (SQLite)", f"{serve_sqlite:,.0f}", "", ""),
         ("Sender -> `distwal serve --db postgresql://...`", f"{serve_pg:,.0f}", "",
          f"{serve_pg / serve_sqlite:.2f}x SQLite serve"),
