@@ -76,3 +76,14 @@ def umask() -> Iterator[object]:
         yield set_mask
     finally:
         os.umask(original)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A real PostgreSQL server (Debian's initdb/pg_ctl) shared by the session: helpers/postgres.py."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from helpers.postgres import running_server
+
+    yield from running_server()

@@ -25,7 +25,7 @@ __all__ = [
 
 def sink_from_url(url: str) -> Sink:
     """The sink for `url`: http(s)://..., sqlite:///path/to.db, jsonl:///path/to/file.jsonl or
-    otlp+http(s)://host:port/v1/logs."""
+    otlp+http(s)://host:port/v1/logs or postgresql://[user@]host[:port]/db[?table=NAME&sslmode=...]."""
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme in ("http", "https"):
@@ -40,11 +40,17 @@ def sink_from_url(url: str) -> Sink:
         from .sqlite import SQLiteSink
 
         return SQLiteSink(_local_path(url, rest))
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresSink
+
+        return PostgresSink(url)
     if scheme == "jsonl":
         from .jsonl import JSONLSink
 
         return JSONLSink(_local_path(url, rest))
-    raise ConfigError(f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:///, jsonl:/// or otlp+http(s)://")
+    raise ConfigError(
+        f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:///, jsonl:///, otlp+http(s):// or postgresql://"
+    )
 
 
 def _local_path(url: str, rest: str) -> str:

@@ -116,7 +116,29 @@ def serve_process(tmp_path) -> Iterator[tuple[str, str]]:
             proc.wait()
 
 
-@pytest.fixture(params=["sqlite", "jsonl", "http", pytest.param("serve", marks=pytest.mark.process), "mock", "otlp"])
+def _postgres_case(server: Any) -> tuple[Sink, Callable[[], list[tuple[str, int, Any]]], Callable[[], list[dict[str, Any]]]]:
+    from helpers.postgres import fresh_table
+
+    from distwal.sinks.postgres import PostgresSink, decode_data
+
+    table = fresh_table()
+    sink = sink_from_url(server.url(table=table))
+    assert isinstance(sink, PostgresSink)
+
+    def rows() -> list[dict[str, Any]]:
+        with server.connect() as conn:
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+            if not exists:
+                return []
+            cur = conn.execute(f"SELECT *, data::text AS data FROM {table} ORDER BY writer, seq")
+            names = [d.name for d in cur.description]
+            return [{**dict(zip(names, r)), "data": decode_data(r[-1])} for r in cur.fetchall()]
+
+    return sink, lambda: [(r["writer"], r["seq"], r["data"]) for r in rows()], rows
+
+
+@pytest.fixture(params=["sqlite", "jsonl", "http", pytest.param("serve", marks=pytest.mark.process), "mock",
+                        "otlp", pytest.param("postgres", marks=pytest.mark.process)])
 def case(request, tmp_path) -> Iterator[Case]:
     kind = request.param
     if kind == "otlp":
@@ -151,6 +173,13 @@ def case(request, tmp_path) -> Iterator[Case]:
         assert isinstance(sink, SQLiteSink)
         try:
             yield Case(sink, lambda: _sqlite_rows(db), True, True, envelope=lambda: _sqlite_envelopes(db))
+        finally:
+            sink.close()
+        return
+    if kind == "postgres":
+        sink, stored, rows = _postgres_case(request.getfixturevalue("postgres_server"))
+        try:
+            yield Case(sink, stored, True, True, envelope=rows)
         finally:
             sink.close()
         return
