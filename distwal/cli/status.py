@@ -1,8 +1,8 @@
 """`distwal status [DIR] [--json] [--watch] [--run RUN] [--wide]`: per-writer table of a directory.
 
 Reads the directory without taking any lock, during a job or after it. The table fits the
-terminal (80 columns and up; see _status_view); into a pipe it is as wide as $COLUMNS, or
-120. --watch redraws a terminal in place; into a pipe (a SLURM log, tee) it prints one
+terminal (80 columns and up; see _status_view); into a pipe it is as wide as $COLUMNS, the
+terminal the pipe ends in, or 120. --watch redraws a terminal in place; into a pipe (a SLURM log, tee) it prints one
 plain frame per interval, and with --json one JSON document per line.
 """
 
@@ -66,9 +66,20 @@ def _width(tty: bool) -> int:
     if tty:
         return shutil.get_terminal_size().columns
     try:
-        return int(os.environ.get("COLUMNS", "")) or PIPE_WIDTH
+        return int(os.environ.get("COLUMNS", "")) or _terminal_behind_pipe()
     except ValueError:
-        return PIPE_WIDTH
+        return _terminal_behind_pipe()
+
+
+def _terminal_behind_pipe() -> int:
+    """The width of the terminal a pipe ends in (`status | tail`, `make demo | less`): stderr or
+    stdin is usually still that terminal. PIPE_WIDTH when there is none (a SLURM log)."""
+    for fd in (2, 0):
+        try:
+            return os.get_terminal_size(fd).columns
+        except OSError:
+            continue
+    return PIPE_WIDTH
 
 
 def _no_match(report: dict[str, Any], run: str | None) -> str:

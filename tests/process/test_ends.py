@@ -312,10 +312,12 @@ def two_runs(tmp_path_factory) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
-def test_status_in_a_real_80_column_terminal(two_runs, tmp_path):
+@pytest.mark.parametrize("pipe", ["", " | cat"], ids=["terminal", "piped-into-the-terminal"])
+def test_status_in_a_real_80_column_terminal(two_runs, tmp_path, pipe):
     socket_name = f"distwal-test-{uuid.uuid4().hex[:8]}"  # a tmux server of our own
     tmux = ["tmux", "-L", socket_name, "-f", "/dev/null"]
-    command = f"{PY} -m distwal status {two_runs}; sleep 60"
+    # Piped (`status | tail`, `make demo | less`) the table still fits the terminal the pipe ends in.
+    command = f"{PY} -m distwal status {two_runs}{pipe}; sleep 60"
     env = {**job_env(), "TERM": "xterm"}
     env.pop("COLUMNS", None)
     subprocess.run([*tmux, "new-session", "-d", "-s", "look", "-x", "80", "-y", "40", command],
