@@ -9,24 +9,30 @@ from __future__ import annotations
 
 from ._config import _redact
 from ._exceptions import ConfigError, SinkError
+from .sinks import Sink
 
 
 def check_sink(url: str) -> tuple[bool, str]:
     """(ok, one line) for the sink at `url`: reachable, accepting our credentials, writable."""
     from .sinks import sink_from_url
 
-    shown = _redact(url)
     try:
         sink = sink_from_url(url)
     except (ConfigError, SinkError, OSError) as exc:
-        return False, f"sink {shown} is not usable: {exc}"
+        return False, f"sink {_redact(url)} is not usable: {exc}"
     try:
-        sink.check()
-    except SinkError as exc:
-        return False, f"sink {shown} is not ready: {exc}"
+        return check_open_sink(sink, url)
     finally:
         try:
             sink.close()
         except (SinkError, OSError):
             pass
-    return True, f"sink {shown} ready"
+
+
+def check_open_sink(sink: Sink, url: str) -> tuple[bool, str]:
+    """(ok, one line) for a sink already built from `url`; the caller keeps it open."""
+    try:
+        sink.check()
+    except SinkError as exc:
+        return False, f"sink {_redact(url)} is not ready: {exc}"
+    return True, f"sink {_redact(url)} ready"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -67,3 +68,16 @@ def test_run_says_the_sink_is_ready_then_what_it_delivered_where(tmp_path):
     assert lines[-1].startswith(f"distwal: delivered 120 records of 1 writer to {sink} in "), lines
     assert lines[-1].endswith(" s"), lines
     assert len(sink_rows(wal)) == 120
+
+
+def test_a_job_without_distwal_run_hears_from_its_first_leader_that_the_sink_is_down(tmp_path):
+    # No sidecar: rank 0 of a plain `python train.py` leads, and its sender checks the sink at
+    # once, so the warning comes at the job's first second, not after training.
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/ingest"
+    job = JOB.format(n=5, code=0).replace('print("job ran", flush=True)', "distwal.flush(delivered=True, timeout=3)")
+    env = job_env(DISTWAL_DIR=str(tmp_path / "wal"), DISTWAL_SINK=url, DISTWAL_EXIT_TIMEOUT="1")
+    result = subprocess.run([sys.executable, "-c", job], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result
+    warnings = [line for line in result.stderr.splitlines() if line.startswith(f"distwal: sink {url} is not ready")]
+    assert len(warnings) == 1, result.stderr
