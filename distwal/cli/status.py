@@ -81,6 +81,8 @@ def render(report: dict[str, Any]) -> Any:
         if sender.get("last_error"):
             sink_line += f", last: {sender['last_error']}"
     lines.append(Text(sink_line))
+    if report.get("locks_note"):
+        lines.append(Text(str(report["locks_note"])))
     totals = report["totals"]
     lines.append(Text(
         f"totals: {totals['writers']} writers on disk, {len(report['history'])} done; {totals['records']} records, "
