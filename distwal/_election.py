@@ -281,6 +281,17 @@ class LeaseKeeper:
 _UNREAD = object()
 
 
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """The lease file's inode, mtime and size: every renewal is a new file (renamed over),
+    so these change even where a client cache still serves the old content (a FUSE
+    kernel_cache mount keeps pages of a same-sized file across opens)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class LeaseWatch:
     """A contender's side: has the lease stayed unchanged for lease_s on our own clock?
 
@@ -300,7 +311,8 @@ class LeaseWatch:
 
     def stale(self) -> bool:
         self.lease = lease = read_lease(self.root)
-        token = None if lease is None else (lease.get("epoch"), lease.get("n"), lease.get("owner"), lease.get("released"))
+        token = None if lease is None else (lease.get("epoch"), lease.get("n"), lease.get("owner"), lease.get("released"),
+                                            _stamp(os.path.join(self.root, LEASE)))
         now = self.clock()
         if token != self._token:
             if self._token is not _UNREAD:
