@@ -263,6 +263,10 @@ class SimHost:
 
     # -- commands ---------------------------------------------------------------------
 
+    def argv(self, command: list[str], cwd: str | os.PathLike[str]) -> list[str]:
+        """The argv that runs `command` on this host (for callers that spawn it themselves)."""
+        return self._argv(command, os.fspath(cwd), None)
+
     def _argv(self, command: list[str], cwd: str, pid: int | None) -> list[str]:
         assert NSENTER is not None and self.init_pid, "boot() the host first"
         return [NSENTER, f"--target={self.init_pid}", "--pid", "--uts", "--mount", f"--wd={cwd}",
