@@ -14,7 +14,14 @@ heartbeat, timed on the leader's clock. Measured:
   host loss  SIGKILL of one whole host (its 16 writers) while the leader runs: the time
              until each folder leaves writers/ (adopted), against DISTWAL_LEASE_S + 1 s
 
-`--short` (CI): 8 hosts x 16 writers. Run through run.py or alone: `python benchmarks/hosts.py [--short]`.
+A second table, "mounts", is what the README's NFS section quotes: two simulated hosts with
+two ranks each (sender enabled, DISTWAL_LEASE_S=3), the directory shared as it is (one
+kernel: locks shared) or through one bindfs FUSE mount per host (locks node-local,
+attributes cached for attr_timeout = entry_timeout = T, kernel_cache): epochs claimed while
+the leader lives for STEADY_S, then the leader's whole host is SIGKILLed and the time until
+a new leader holds the lease.
+
+`--short` (CI): 8 hosts x 16 writers; mounts: one FUSE case. Run through run.py or alone: `python benchmarks/hosts.py [--short]`.
 """
 
 from __future__ import annotations
@@ -186,6 +193,104 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
 
 HEADERS = ["case", "result", "target", "notes"]
 
+MOUNT_LEASE_S = 3.0  # DISTWAL_LEASE_S of the mounts runs; the leader renews every lease / 5 = 0.6 s
+STEADY_S = 15.0  # seconds the leader is watched before its host is killed
+MOUNTS_FULL: tuple[float | None, ...] = (None, 0.0, 0.5, 1.0, 2.0, 4.0)  # None: no FUSE (locks shared)
+MOUNTS_SHORT: tuple[float | None, ...] = (0.5,)
+
+
+def _highest_epoch(root: str) -> int:
+    names = os.listdir(os.path.join(root, "epochs")) if os.path.isdir(os.path.join(root, "epochs")) else []
+    return max((int(n) for n in names if n.isdigit()), default=0)
+
+
+def run_mount(base: str, timeout: float | None) -> dict[str, Any]:
+    """One mounts case (see the module docstring); raises when the leader never settles."""
+    import json as _json
+    from contextlib import ExitStack
+
+    from helpers.cluster import FaultServer, cluster_env
+    from helpers.hosts import FuseMount, SimHost, fuse_problem
+
+    if timeout is not None and fuse_problem() is not None:
+        return {"unavailable": fuse_problem()}
+    work = tempfile.mkdtemp(prefix="mount-", dir=base)
+    wal = os.path.join(work, "wal")
+    os.makedirs(wal, mode=0o700)
+    stop = os.path.join(work, "stop")
+    fuse = None if timeout is None else FuseMount(wal, timeout)
+    out: dict[str, Any] = {}
+    with FaultServer(os.path.join(work, "sink.db")) as server, ExitStack() as stack:
+        env = cluster_env(wal, server.url, DISTWAL_LEASE_S=str(MOUNT_LEASE_S))
+        hosts = []
+        for i in range(2):
+            host = SimHost(f"m{i}", fuse).boot()
+            stack.callback(host.shutdown)
+            hosts.append(host)
+        owners: dict[str, SimHost] = {}
+        for i, host in enumerate(hosts):
+            for j in range(2):
+                child = stack.enter_context(host.start_writer(work, env, f"m{i}r{j}", stop=stop, pace=0.005))
+                owners[child.wait_for("ready", timeout=120).parts[1]] = host
+        lease_path = os.path.join(wal, "leader.json")
+
+        def lease() -> dict[str, Any]:
+            try:
+                with open(lease_path, "rb") as f:
+                    found = _json.loads(f.read())
+                return found if isinstance(found, dict) else {}
+            except (OSError, ValueError):
+                return {}
+
+        deadline = time.monotonic() + 60
+        while not lease().get("epoch") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = _highest_epoch(wal)
+        owners_seen = set()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < STEADY_S:  # the watch is the measurement
+            owners_seen.add(lease().get("owner"))
+            time.sleep(0.05)
+        out["steady_epochs"] = _highest_epoch(wal) - first + 1
+        out["steady_owners"] = len(owners_seen - {None})
+        current = lease()
+        victim = owners.get(str(current.get("owner")))
+        if victim is None:  # the leader is not a rank (cannot happen here): report, do not guess
+            out["failover_s"] = None
+            return out
+        before = _highest_epoch(wal)
+        killed = time.monotonic()
+        victim.kill()
+        while lease().get("epoch", 0) <= current.get("epoch", 0) and time.monotonic() - killed < 60:
+            time.sleep(0.02)
+        out["failover_s"] = time.monotonic() - killed
+        out["failover_epochs"] = _highest_epoch(wal) - before
+        with open(stop, "w") as f:
+            f.write("stop")
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def mount_rows(results: list[tuple[float | None, dict[str, Any]]]) -> list[list[str]]:
+    rows_ = []
+    for timeout, r in results:
+        what = "one kernel, no FUSE (locks shared)" if timeout is None else (
+            f"FUSE per host, actimeo {timeout:g} s (locks node-local)")
+        if r.get("unavailable") or r.get("error"):
+            rows_.append([what, "not measured", "-", r.get("unavailable") or r.get("error", "")])
+            continue
+        fo = r.get("failover_s")
+        rows_.append([
+            what,
+            f"{r['steady_epochs']} epoch(s), {r['steady_owners']} leader(s) in {STEADY_S:g} s",
+            f"failover {fo:.1f} s, {r.get('failover_epochs', '?')} epoch(s)" if fo is not None else "-",
+            f"DISTWAL_LEASE_S={MOUNT_LEASE_S:g}; 2 hosts x 2 ranks; the leader's host SIGKILLed",
+        ])
+    return rows_
+
+
+MOUNT_HEADERS = ["shared directory as", "while the leader lives", "leader's host killed", "notes"]
+
 
 def main(short: bool = False) -> str:
     scale = SHORT if short else FULL
@@ -209,9 +314,25 @@ def main(short: bool = False) -> str:
         shutil.rmtree(base, ignore_errors=True)
     table = rows(result)
     print(text_table(HEADERS, table, 1))
-    if result.get("error"):
-        raise RuntimeError(result["error"])
-    return markdown_table(HEADERS, ["---", "---", "---", "---"], table)
+    mounts: list[tuple[float | None, dict[str, Any]]] = []
+    base = tempfile.mkdtemp(prefix="distwal-bench-mounts-")
+    try:
+        for timeout in (MOUNTS_SHORT if short else MOUNTS_FULL):
+            try:
+                mounts.append((timeout, run_mount(base, timeout)))
+            except Exception as exc:  # noqa: BLE001 - reported in the table, then raised
+                traceback.print_exc()
+                mounts.append((timeout, {"error": f"{type(exc).__name__}: {exc}"}))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    mtable = mount_rows(mounts)
+    print()
+    print(text_table(MOUNT_HEADERS, mtable, 1))
+    errors = [r["error"] for _, r in [(None, result), *mounts] if r.get("error")]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return (markdown_table(HEADERS, ["---", "---", "---", "---"], table) + "\n\nMount options (see the README's NFS "
+            "section):\n\n" + markdown_table(MOUNT_HEADERS, ["---", "---", "---", "---"], mtable))
 
 
 if __name__ == "__main__":
