@@ -292,9 +292,12 @@ class Elector:
         lease = self.watch.lease or {}
         if lease.get("locked") is not True:
             return  # a leader that took over through a stale lease never had the lock
+        if lease.get("boot_id") == self.identity.boot_id and lease.get("pid_ns") == self.identity.pid_ns:
+            return  # one kernel, one mount: its locks are shared; this is something else
         if self._renewals_at_lock is None:
             self._renewals_at_lock = self.watch.changes
-        elif self.watch.changes > self._renewals_at_lock and not self.node_local_locks:
+        elif self.watch.changes >= self._renewals_at_lock + 2 and not self.node_local_locks:
+            # Two renewals while we hold the lock: not the last breath of a dying leader.
             self.node_local_locks = True
             note_node_local_locks(self.config.dir, self.identity.host, self.modes)
 
