@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # helpers.host
 
 from ship import CHILD, PY, Child, clean_env, kill_all, markdown_table, text_table  # noqa: E402
 
-LEASE_S = 5.0  # DISTWAL_LEASE_S of the leader: a host's writers are dead after this much heartbeat silence
+LEASE_S = 10.0  # DISTWAL_LEASE_S of the leader: a host's writers are dead after this much heartbeat silence
 
 
 @dataclass

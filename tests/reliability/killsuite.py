@@ -84,14 +84,17 @@ class LeaseMonitor:
 
     A change from epoch a to b counts as a leader change when a's leadership had ended
     before b appeared: a's lease was seen released, a's owner was killed by the round
-    (kill() below), or a's lease had not moved for `quiet` seconds (a stalled or dead
-    leader on a host whose death we cannot see). Anything else is a contender that
-    claimed while the leader still renewed: the bug the lease must prevent.
+    (kill() below), or a's lease had stopped moving for `quiet` seconds in the last two
+    leases before b appeared (a stalled or dead leader on a host whose death we cannot
+    see; a stalled leader may still land one late renewal, decided before its stall).
+    Anything else is a contender that claimed while the leader kept renewing: the bug
+    the lease must prevent.
     """
 
-    def __init__(self, wal: Path, quiet: float) -> None:
+    def __init__(self, wal: Path, quiet: float, lease_s: float) -> None:
         self.path = wal / "leader.json"
         self.quiet = quiet
+        self.lease_s = lease_s
         self.seen: dict[int, dict[str, Any]] = {}  # epoch -> first, moved, owner, released
         self.kills: list[tuple[float, set[str]]] = []
         self._last: Any = None
@@ -121,10 +124,11 @@ class LeaseMonitor:
             return
         now = time.monotonic()
         token = (lease["epoch"], lease.get("n"), lease.get("released"))
-        entry = self.seen.setdefault(lease["epoch"], {"first": now, "moved": now, "owner": lease.get("owner"),
+        entry = self.seen.setdefault(lease["epoch"], {"first": now, "moves": [], "owner": lease.get("owner"),
                                                       "released": False})
         if token != self._last:
-            entry["moved"], self._last = now, token
+            entry["moves"].append(now)
+            self._last = token
         entry["released"] = entry["released"] or bool(lease.get("released"))
 
     def judge(self, claimed: int) -> tuple[int, list[str]]:
@@ -138,12 +142,16 @@ class LeaseMonitor:
         for old, new in zip(epochs, epochs[1:]):
             a, b = self.seen[old], self.seen[new]
             killed = any(t <= b["first"] and a["owner"] in owners for t, owners in self.kills)
-            silent = b["first"] - a["moved"]
-            if a["released"] or killed or silent >= self.quiet:
+            window = b["first"] - 2 * self.lease_s
+            recent = [t for t in a["moves"] if t >= window]
+            moves = a["moves"][-len(recent) - 1:] + [b["first"]]  # and the last move before the window
+            gaps = [later - earlier for earlier, later in zip(moves, moves[1:])]
+            if a["released"] or killed or max(gaps) >= self.quiet:
                 changes += 1
             else:
-                bad.append(f"epoch {new} ({b['owner']}) claimed while epoch {old} ({a['owner']}) renewed "
-                           f"{silent:.2f}s before")
+                bad.append(f"epoch {new} ({b['owner']}) claimed while epoch {old} ({a['owner']}) renewed: its "
+                           f"lease moved {len(recent)} times in the {2 * self.lease_s:g}s before, longest pause "
+                           f"{max(gaps):.2f}s, last {b['first'] - a['moves'][-1]:.2f}s before")
         killed = set().union(*(owners for _, owners in self.kills)) if self.kills else set()
         for epoch in sorted(set(range(1, claimed + 1)) - set(epochs)):
             claimant = (read_json(self.path.parent / "epochs" / f"{epoch:016d}") or {}).get("owner")
@@ -200,6 +208,9 @@ def run_round(seed: int, workdir: Path, fault_rate: float = 0.2) -> RoundStats:
             stack.callback(host.shutdown)
             hosts.append(host)
         env = cluster_env(wal, server.url, DISTWAL_LEASE_S=LEASE_S)
+        # Watching from before the first rank starts. A lease seen late through a FUSE mount
+        # goes stale that much later for its host, and so earlier as seen from here.
+        monitor = stack.enter_context(LeaseMonitor(wal, float(LEASE_S) - stats.fuse - 0.3, float(LEASE_S)))
         ranks = []
         for index in range(n_writers):
             where = rng.randrange(stats.hosts)
@@ -212,8 +223,6 @@ def run_round(seed: int, workdir: Path, fault_rate: float = 0.2) -> RoundStats:
                 child = stack.enter_context(host.start_writer(workdir, env, tag, **opts))
             ranks.append((tag, where, child))
         writer_ids = {tag: child.wait_for("ready", timeout=30).parts[1] for tag, _, child in ranks}
-        # A lease seen late through a FUSE mount goes stale that much later, and so earlier here.
-        monitor = stack.enter_context(LeaseMonitor(wal, float(LEASE_S) - stats.fuse - 0.3))
         killed: set[str] = set()
         for _ in range(rng.randint(1, 3)):
             time.sleep(rng.uniform(0.2, 1.0))  # the scenario: let the job run, then strike
