@@ -42,8 +42,6 @@ class Clock:
 class SharedLock:
     """A lock every Elector of one test shares, as a working NFS lock manager would."""
 
-    holder: dict[str, Any] = {}
-
     def __init__(self, name: str, table: dict[str, str | None]) -> None:
         self.name, self.table, self.held = name, table, False
 
@@ -221,3 +219,15 @@ def test_claim_epoch_is_a_compare_and_swap(root: str) -> None:
     os.close(os.open(os.path.join(root, "epochs", format_epoch_name(2)), os.O_CREAT | os.O_WRONLY, 0o600))
     assert claim_epoch(root, {"owner": "z"}, MODES, expected=1) is None
     assert claim_epoch(root, {"owner": "z"}, MODES) == 3  # without expected: the next free one
+
+
+def test_no_note_for_a_renewing_owner_on_our_own_kernel(root: str) -> None:
+    clock = Clock()
+    a = contender(root, clock, "node", 100)
+    b = contender(root, clock, "node", 200)  # same boot id and pid namespace: one kernel, one lock table
+    assert a.acquire()
+    for _ in range(5):
+        clock.now += LEASE_S / 5
+        renew(root, a, clock)
+        assert not b.acquire()
+    assert not b.node_local_locks and node_local_locks(root) is None
