@@ -210,10 +210,11 @@ def run_mount(base: str, timeout: float | None) -> dict[str, Any]:
     from contextlib import ExitStack
 
     from helpers.cluster import FaultServer, cluster_env
-    from helpers.hosts import FuseMount, SimHost, fuse_problem
+    from helpers.hosts import FuseMount, SimHost, fuse_problem, unshare_problem
 
-    if timeout is not None and fuse_problem() is not None:
-        return {"unavailable": fuse_problem()}
+    problem = unshare_problem() if timeout is None else fuse_problem()
+    if problem is not None:
+        return {"unavailable": problem}
     work = tempfile.mkdtemp(prefix="mount-", dir=base)
     wal = os.path.join(work, "wal")
     os.makedirs(wal, mode=0o700)
