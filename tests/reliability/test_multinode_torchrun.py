@@ -75,8 +75,8 @@ def test_two_node_torchrun_loses_a_node_and_every_acked_record_of_both_arrives_o
     wal.mkdir(mode=0o700)
     script = write_script(tmp_path, "rank.py", "import socket\n" + RANK)
     port = _free_port()
-    env = child_env(wal, sender=True, DISTWAL_LEASE_S="2", DISTWAL_RUN_ID="twonode", OMP_NUM_THREADS="1",
-                    GLOO_SOCKET_IFNAME="lo")
+    # No DISTWAL_RUN_ID: each node's `distwal run` takes torchrun's --rdzv-id as the run id.
+    env = child_env(wal, sender=True, DISTWAL_LEASE_S="2", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
 
     def node_command(is_host: bool) -> list[str]:
         conf = f"is_host={str(is_host).lower()},last_call_timeout=5,join_timeout=120"
@@ -122,7 +122,7 @@ def test_two_node_torchrun_loses_a_node_and_every_acked_record_of_both_arrives_o
     finished = {w for w, (_, attempt, _) in writers.items() if attempt > 0}
     assert_acked_in_sink_once(rows, acks, finished=finished, context="(two-node torchrun)")
     assert all(len(acks[w]) == STEPS_AFTER_RESTART for w in finished)
-    assert {row.run for row in rows} == {"twonode"}
+    assert {row.run for row in rows} == {"twonode"}, "both nodes' records under torchrun's --rdzv-id"
 
     report = json.loads(run_cli(["status", str(wal), "--json"], child_env(wal)).stdout)
     rows_by_writer = {row["writer"]: row for row in report["writers"] + report["history"]}
