@@ -74,8 +74,8 @@ def test_node_local_locks_keep_one_leader_and_failover_costs_one_epoch(tmp_path:
         monitor.kill({ids[tag] for tag in killed})
         leader_host.kill()
         started = time.monotonic()
-        new = wait_until(lambda: (l := read_json(wal / "leader.json")) and l.get("epoch", 0) > lease["epoch"]
-                         and l, 30, "a new leader after the leader's host died")
+        new = wait_until(lambda: (now := read_json(wal / "leader.json")) and now.get("epoch", 0) > lease["epoch"]
+                         and now, 30, "a new leader after the leader's host died")
         took = time.monotonic() - started
         print(f"{epochs_while_watched} epoch(s) while watched; failover across FUSE hosts: {took:.2f}s "
               f"(lease {LEASE_S}s), new leader {new['owner']} with epoch {new['epoch']}")
