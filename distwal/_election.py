@@ -15,6 +15,13 @@ Locks can leak (an NFSv3 client that died, a hung leader), so a contender that c
 get the lock but sees the lease unchanged for lease_s on its own monotonic clock claims
 the next epoch and leads anyway. A leader that sees a higher epoch, or fails to renew
 within its lease, stops at once; every batch carries its epoch so sinks fence the rest.
+
+The lease decides, the lock only hurries (issue 11): locks may not reach other nodes
+(NFS `local_lock`/`nolock`, FUSE mounts), so holding the lock never overrides a lease
+another owner still renews. The lock lets a contender skip the wait only when the lease
+is released or its owner is proven dead on this kernel. Claiming is a compare-and-swap:
+epoch E+1 is created only by whoever saw E as the current epoch, so contenders that race
+on one stale lease claim one epoch between them, not one each.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ LOCK = "leader.lock"
 LEASE = "leader.json"
 EPOCHS = "epochs"
 SINK = "sink.json"
+LOCKS_NOTE = "locks.json"  # written once a contender proves the locks node-local
 RENEW_FRACTION = 5  # the leader renews every lease_s / 5
 KEEP_EPOCH_FILES = 16  # older epoch files are pruned
 
@@ -123,17 +131,25 @@ def highest_epoch(root: str) -> int:
     return max((e for e in map(parse_epoch_name, names) if e is not None), default=0)
 
 
-def claim_epoch(root: str, owner: dict[str, Any], modes: Modes) -> int:
-    """Claim the next epoch by creating its file exclusively; durable before it is used."""
+def claim_epoch(root: str, owner: dict[str, Any], modes: Modes, expected: int | None = None) -> int | None:
+    """Claim the next epoch by creating its file exclusively; durable before it is used.
+
+    With `expected`, claim expected + 1 only if `expected` is still the highest epoch and
+    nobody creates expected + 1 first; None when the claim lost (someone else leads now).
+    """
     fd = _epochs_fd(root, modes)
     try:
         while True:
             names = os.listdir(fd)
             current = max((e for e in map(parse_epoch_name, names) if e is not None), default=0)
+            if expected is not None and current != expected:
+                return None
             epoch = current + 1
             try:
                 file_fd = _layout.create_file(fd, format_epoch_name(epoch), modes)
             except FileExistsError:
+                if expected is not None:
+                    return None  # another contender won this very epoch
                 continue  # someone claimed it first: try the one after
             try:
                 _layout.write_all(file_fd, orjson.dumps({**owner, "epoch": epoch, "ts": time.time()}))
@@ -172,6 +188,27 @@ def release_lease(root: str, epoch: int, modes: Modes) -> None:
         _layout.write_root_json(root, LEASE, lease, modes, durable=False)
     except OSError:
         pass
+
+
+def lease_epoch(lease: dict[str, Any] | None) -> int:
+    return 0 if lease is None else _epoch_of(lease)
+
+
+def note_node_local_locks(root: str, host: str, modes: Modes) -> None:
+    """Record, for status, that a lock held here did not exclude a live leader elsewhere."""
+    if _layout.read_root_json(root, LOCKS_NOTE) is not None:
+        return
+    try:
+        _layout.write_root_json(root, LOCKS_NOTE, {"node_local": True, "seen_from": host, "ts": time.time()},
+                                modes, durable=False)
+    except OSError as exc:
+        logger.debug("distwal: cannot record node-local locks: %s", exc)
+    logger.warning("distwal: locks on %s are node-local: failover waits a lease", root)
+
+
+def node_local_locks(root: str) -> dict[str, Any] | None:
+    """The note written by note_node_local_locks, or None."""
+    return _layout.read_root_json(root, LOCKS_NOTE)
 
 
 def recorded_sink(root: str) -> str | None:
@@ -250,24 +287,61 @@ class LeaseKeeper:
         return False
 
 
+_UNREAD = object()
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """The lease file's inode, mtime and size: every renewal is a new file (renamed over),
+    so these change even where a client cache still serves the old content (a FUSE
+    kernel_cache mount keeps pages of a same-sized file across opens)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class LeaseWatch:
-    """A contender's side: has the lease stayed unchanged for lease_s on our own clock?"""
+    """A contender's side: has the lease stayed unchanged for lease_s on our own clock?
+
+    The token also holds the highest epoch seen at a claim attempt, so an epoch claimed by
+    a contender that died before writing its lease is waited out like a silent lease.
+    """
 
     def __init__(self, root: str, lease_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self.lease_s = lease_s
         self.clock = clock
-        self._token: Any = object()
+        self._token: Any = _UNREAD
         self._since = clock()
+        self.lease: dict[str, Any] | None = None  # as last read by stale()
+        self.highest: int | None = None  # the highest epoch listed at the last claim attempt
+        self.changes = 0  # times the lease was seen to change (renewals seen)
 
     def stale(self) -> bool:
-        lease = read_lease(self.root)
-        token = None if lease is None else (lease.get("epoch"), lease.get("n"), lease.get("owner"))
+        self.lease = lease = read_lease(self.root)
+        token = None if lease is None else (lease.get("epoch"), lease.get("n"), lease.get("owner"), lease.get("released"),
+                                            _stamp(os.path.join(self.root, LEASE)))
         now = self.clock()
         if token != self._token:
+            if self._token is not _UNREAD:
+                self.changes += 1
             self._token, self._since = token, now
             return False
         return now - self._since >= self.lease_s
+
+    def note_highest(self, highest: int) -> None:
+        """A claim attempt listed `highest`: a new value restarts the wait like a lease change."""
+        if highest != self.highest:
+            self.highest = highest
+            self._since = self.clock()
+
+    def expected_epoch(self, stale: bool) -> int:
+        """The epoch a claim must see as current: the lease's, or an orphan epoch waited out."""
+        current = lease_epoch(self.lease)
+        if stale and self.highest is not None:
+            return max(current, self.highest)
+        return current
 
     def silent_for(self) -> float:
         return self.clock() - self._since

@@ -26,7 +26,7 @@ from ._election import (
     LeaseWatch,
     claim_epoch,
     highest_epoch,
-    read_lease,
+    note_node_local_locks,
     record_sink,
     release_lease,
 )
@@ -176,6 +176,8 @@ class Elector:
         domain: str,
         start: Callable[[int], Leadership],
         may_lead: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
+        probe: Callable[[int, float, bool], bool | None] = probe_process,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -183,7 +185,11 @@ class Elector:
         self.domain = domain
         self.modes = Modes.for_config(config.shared_group)
         self.lock = LeaderLock(config.dir, self.modes)
-        self.watch = LeaseWatch(config.dir, config.lease_s)
+        self.clock = clock
+        self.probe = probe
+        self.watch = LeaseWatch(config.dir, config.lease_s, clock)
+        self.node_local_locks = False  # proven once: see _notice_node_local_locks
+        self._renewals_at_lock: int | None = None  # lease changes counted when we got the lock
         self.leadership: Leadership | None = None
         self.epoch = 0
         self._start = start
@@ -213,7 +219,7 @@ class Elector:
                 logger.warning("distwal: election: %s", exc)
             except Exception:  # a bug here must not end the election thread silently
                 logger.exception("distwal: election failed; retrying")
-                self._resume_at = time.monotonic() + RESTART_BACKOFF
+                self._resume_at = self.clock() + RESTART_BACKOFF
             self._stop.wait(CONTEND_INTERVAL * random.uniform(0.7, 1.3))
         # Leadership ends on this thread: the sender process was started from it, and
         # PR_SET_PDEATHSIG fires when the starting *thread* ends.
@@ -228,18 +234,24 @@ class Elector:
         return True
 
     def acquire(self) -> bool:
-        """Take the lock (or a stale lease), check the sink, claim the next epoch, write the lease."""
-        if time.monotonic() < self._resume_at or not self._may_lead():
+        """Take the lock (or a stale lease), check the sink, claim the next epoch, write the lease.
+
+        The lease decides, the lock only hurries: with the lock, claim at once only when the
+        lease is released or its owner proven dead; otherwise wait, like a contender without
+        the lock, until the lease has not moved for lease_s on our own clock.
+        """
+        if self.clock() < self._resume_at or not self._may_lead():
             return False
         locked = self.lock.try_acquire()
         stale = self.watch.stale()
-        if not locked and not stale:
-            return False
-        if locked and not stale and self._lease_held_without_lock():
-            # The leader took over through a stale lease and never had the lock: the lock
-            # being free says nothing about it. Its lease still moves, so leave it be (and keep
-            # the lock: we take over through it once that lease goes stale).
-            return False
+        if not locked:
+            self._renewals_at_lock = None
+        if not stale:
+            if not locked:
+                return False
+            if self.lease_state(self.watch.lease) == "held":
+                self._notice_node_local_locks()
+                return False
         recorded = record_sink(self.config.dir, self.config.sink, self.modes)
         if recorded != self.config.sink:
             if self._refused != recorded:
@@ -250,26 +262,44 @@ class Elector:
                 )
                 self._refused = recorded
             self.lock.release()
-            self._resume_at = time.monotonic() + 10 * CONTEND_INTERVAL
+            self._resume_at = self.clock() + 10 * CONTEND_INTERVAL
             return False
         self.owner["locked"] = locked  # lets the next contender tell a dead holder from a lockless leader
-        self.epoch = claim_epoch(self.config.dir, self.owner, self.modes)
+        epoch = claim_epoch(self.config.dir, self.owner, self.modes, self.watch.expected_epoch(stale))
+        if epoch is None:
+            # Someone else claimed first (or an epoch without a lease exists): wait and look again.
+            self.watch.note_highest(highest_epoch(self.config.dir))
+            return False
+        self.epoch = epoch
         LeaseKeeper(self.config.dir, self.epoch, self.owner, self.config.lease_s, self.modes).renew_if_due()
         return True
 
-    def _lease_held_without_lock(self) -> bool:
-        """A live leader leads without the lock (it took over through a stale lease)."""
-        lease = read_lease(self.config.dir)
-        if lease is None or lease.get("locked") is not False or lease.get("released"):
-            return False
-        if lease.get("owner") == self.owner.get("owner"):
-            return False
+    def lease_state(self, lease: dict[str, Any] | None) -> str:
+        """"free" (none, released, or ours), "dead" (its owner proven dead here) or "held"."""
+        if lease is None or lease.get("released") or lease.get("owner") == self.owner.get("owner"):
+            return "free"
         # On our kernel its process can be checked now, instead of waiting out its lease.
         if lease.get("boot_id") == self.identity.boot_id and lease.get("pid_ns") == self.identity.pid_ns:
             pid, started = lease.get("pid"), lease.get("create_time")
             if type(pid) is int and isinstance(started, (int, float)):
-                return probe_process(pid, float(started), thorough=True) is not False
-        return True
+                if self.probe(pid, float(started), True) is False:
+                    return "dead"
+        return "held"
+
+    def _notice_node_local_locks(self) -> None:
+        """We hold the lock, yet another owner that took it (locked: true) renews its lease:
+        the lock did not reach that owner, so locks here are node-local."""
+        lease = self.watch.lease or {}
+        if lease.get("locked") is not True:
+            return  # a leader that took over through a stale lease never had the lock
+        if lease.get("boot_id") == self.identity.boot_id and lease.get("pid_ns") == self.identity.pid_ns:
+            return  # one kernel, one mount: its locks are shared; this is something else
+        if self._renewals_at_lock is None:
+            self._renewals_at_lock = self.watch.changes
+        elif self.watch.changes >= self._renewals_at_lock + 2 and not self.node_local_locks:
+            # Two renewals while we hold the lock: not the last breath of a dying leader.
+            self.node_local_locks = True
+            note_node_local_locks(self.config.dir, self.identity.host, self.modes)
 
     def supervise(self) -> None:
         """Step down when the sender ended: lost lease, newer epoch, or a crash."""
@@ -283,13 +313,14 @@ class Elector:
             return
         logger.info("distwal: epoch %d sender ended: %s", self.epoch, leadership.outcome)
         self._step_down()
-        self._resume_at = time.monotonic() + RESTART_BACKOFF
+        self._resume_at = self.clock() + RESTART_BACKOFF
 
     def _step_down(self) -> None:
         self.leadership = None
         release_lease(self.config.dir, self.epoch, self.modes)
         self.lock.release()
-        self.watch = LeaseWatch(self.config.dir, self.config.lease_s)
+        self.watch = LeaseWatch(self.config.dir, self.config.lease_s, self.clock)
+        self._renewals_at_lock = None
 
     def stop(self, drain_timeout: float = 0.0) -> None:
         """Stop contending; a leader first drains what finished and dead writers left."""

@@ -19,7 +19,7 @@ from typing import Any
 from . import _layout
 from ._config import _redact
 from ._cursor import Position, read_cursors
-from ._election import read_lease, recorded_sink
+from ._election import node_local_locks, read_lease, recorded_sink
 from ._ends import LOST_DETAIL, first_failure, folder_last_sign, make_end, recorded_end, writer_end
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity, int_field
 from ._liveness import probe_process
@@ -73,6 +73,8 @@ def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any
         "sink": _redact(recorded_sink(root) or "") or None,
         "leader": leader,
         "sender": health,
+        # Set once a contender held the lock while another owner renewed the lease (issue 11).
+        "locks_note": f"locks on {root} are node-local: failover waits a lease" if node_local_locks(root) else None,
         "writers": writers,
         "history": history,
         "first_failure": first_failure(writers + history),

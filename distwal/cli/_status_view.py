@@ -169,6 +169,8 @@ def _footer(report: dict[str, Any], limit: int | None) -> list[str]:
         if sender.get("last_error"):
             sink_line += f", last: {sender['last_error']}"
     lines += _wrap(sink_line, limit)
+    if report.get("locks_note"):
+        lines += _wrap(str(report["locks_note"]), limit)
     totals = report["totals"]
     lines += _wrap(
         f"totals: {totals['writers']} writers on disk, {len(report['history'])} done; {totals['records']} records, "

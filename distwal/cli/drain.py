@@ -14,12 +14,13 @@ import sys
 import time
 from typing import Any
 
-from .._config import ENV_SINK, Config, _redact
+from .._config import ENV_SINK, Config, _redact, public_url
 from .._election import read_lease, recorded_sink, release_lease
 from .._exceptions import ConfigError
 from .._layout import Identity, Modes, check_dir, ensure_domain
 from .._leader import Elector, build_sender, owner_of
 from .._preflight import check_sink
+from .._sender import LostLeadership, Sender
 from ..launch.run import delivery_line
 from ._common import require_run_dir, resolve_dir
 
@@ -42,57 +43,83 @@ def run(args: list[str]) -> int:
     owner = owner_of(identity, "drain")
     elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
     deadline = time.monotonic() + opts.timeout
+    started: float | None = None
+    marks: dict[str, int] | None = None
+    while True:  # a lease lost to a stall (or to another leader) is taken back until the deadline
+        if not _take_leadership(elector, root, config.sink, deadline, opts.timeout):
+            return 1
+        if started is None:
+            started = time.monotonic()
+            # Only now, as the leader: the SQLite sink is opened by the leader alone.
+            print(f"distwal drain: {check_sink(config.sink)[1]}", file=sys.stderr)
+        sender = build_sender(config, elector.epoch, owner, domain, identity)
+        try:
+            sender._discover()
+            if marks is None:
+                marks = sender.pending_marks()
+                print(f"distwal drain: leading {root} with epoch {elector.epoch}; {len(marks)} writers, "
+                      f"{sum(marks.values())} records up to their marks", file=sys.stderr)
+            else:
+                print(f"distwal drain: leading again with epoch {elector.epoch}", file=sys.stderr)
+            outcome = _send_through(sender, marks, deadline, opts.timeout, root)
+            if outcome == "delivered":
+                state = {"acked_records": sender.health.acked_records, "writers": len(marks)}
+                dead = f", {sender.health.dead_letters} kept as dead letters" if sender.health.dead_letters else ""
+                line = delivery_line(config, True, state, time.monotonic() - started, opts.timeout)
+                print(f"distwal: {line}{dead}", file=sys.stderr)
+        finally:
+            sender.close()
+            release_lease(root, elector.epoch, elector.modes)
+            elector.lock.release()
+        if outcome != "lost":
+            return 0 if outcome == "delivered" else 1
+
+
+def _take_leadership(elector: Elector, root: str, sink: str, deadline: float, timeout: float) -> bool:
     announced = False
     while not elector.acquire():
         recorded = recorded_sink(root)
-        if recorded is not None and recorded != config.sink:  # recorded by a leader since we looked
-            raise ConfigError(_contradiction(root, recorded, config.sink))
+        if recorded is not None and public_url(recorded) != public_url(sink):  # recorded since we looked
+            raise ConfigError(_contradiction(root, recorded, sink))
         leader = _live_leader(root)
         if leader and not announced:
             print(f"distwal drain: waiting for {leader} to end its lease", file=sys.stderr)
             announced = True
         if time.monotonic() >= deadline:
             if leader:
-                print(f"distwal drain: another process leads {root}: {leader}, still after {opts.timeout:.0f}s; "
+                print(f"distwal drain: another process leads {root}: {leader}, still after {timeout:.0f}s; "
                       "stop it or let it finish, then retry", file=sys.stderr)
             else:
-                print(f"distwal drain: could not take leadership of {root} within {opts.timeout:.0f}s "
+                print(f"distwal drain: could not take leadership of {root} within {timeout:.0f}s "
                       "(no lease is held: see `distwal status` and the log above)", file=sys.stderr)
-            return 1
+            return False
         time.sleep(POLL)
-    started = time.monotonic()
-    # Only now, as the leader: the SQLite sink is opened by the leader alone.
-    print(f"distwal drain: {check_sink(config.sink)[1]}", file=sys.stderr)
-    sender = build_sender(config, elector.epoch, owner, domain, identity)
-    try:
-        sender._discover()
-        marks = sender.pending_marks()
-        print(f"distwal drain: leading {root} with epoch {elector.epoch}; {len(marks)} writers, "
-              f"{sum(marks.values())} records up to their marks", file=sys.stderr)
-        while True:
+    return True
+
+
+def _send_through(sender: Sender, marks: dict[str, int], deadline: float, timeout: float, root: str) -> str:
+    """Send until everything up to `marks` is acknowledged: "delivered", "lost" (leadership), or "failed"."""
+    while True:
+        try:
             sent = sender.cycle()
-            if not sent and sender.delivered_through(marks) and not sender.settling():
-                break  # a pass that found nothing more, and no dead writer left to adopt or remove
-            if sender.lease.lost or time.monotonic() >= deadline:
-                reason = sender.lease.lost or f"timeout after {opts.timeout:.0f}s"
-                left = sum(max(0, mark - t.pos.seq) for w, mark in marks.items()
-                           if (t := sender.writers.get(w)) is not None)
-                print(f"distwal drain: not everything was delivered: {reason}; sink state "
-                      f"{sender.health.state}: {sender.health.last_error}; {left} records left in {root}, "
-                      f"delivered when the sink takes them: distwal drain {root}", file=sys.stderr)
-                return 1
-            if not sent:
-                time.sleep(0.05)
-        sender.retire()
-        state = {"acked_records": sender.health.acked_records, "writers": len(marks)}
-        dead = f", {sender.health.dead_letters} kept as dead letters" if sender.health.dead_letters else ""
-        line = delivery_line(config, True, state, time.monotonic() - started, opts.timeout)
-        print(f"distwal: {line}{dead}", file=sys.stderr)
-        return 0
-    finally:
-        sender.close()
-        release_lease(root, elector.epoch, elector.modes)
-        elector.lock.release()
+        except LostLeadership as exc:
+            sent, sender.lease.lost = 0, sender.lease.lost or str(exc)
+        if not sent and sender.delivered_through(marks) and not sender.settling():
+            break  # a pass that found nothing more, and no dead writer left to adopt or remove
+        if time.monotonic() >= deadline:
+            left = sum(max(0, mark - t.pos.seq) for w, mark in marks.items()
+                       if (t := sender.writers.get(w)) is not None)
+            print(f"distwal drain: not everything was delivered: timeout after {timeout:.0f}s; sink state "
+                  f"{sender.health.state}: {sender.health.last_error}; {left} records left in {root}, "
+                  f"delivered when the sink takes them: distwal drain {root}", file=sys.stderr)
+            return "failed"
+        if sender.lease.lost:
+            print(f"distwal drain: lost leadership ({sender.lease.lost}); taking it back", file=sys.stderr)
+            return "lost"
+        if not sent:
+            time.sleep(0.05)
+    sender.retire()
+    return "delivered"
 
 
 def sink_for(root: str, given: str | None) -> str | None:
@@ -102,7 +129,7 @@ def sink_for(root: str, given: str | None) -> str | None:
     wanted = given or os.environ.get(ENV_SINK) or None
     if wanted is None:
         return recorded
-    if recorded is not None and wanted != recorded:
+    if recorded is not None and public_url(wanted) != public_url(recorded):  # a password may differ
         raise ConfigError(_contradiction(root, recorded, wanted))
     return wanted
 

@@ -9,6 +9,7 @@ with CMD's exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -58,6 +59,11 @@ def run_command(
     `say` gets the lines meant for the user: the sink check before CMD starts, and after
     the drain what was delivered where, or what is left and the command that finishes it.
     """
+    rdzv_id = torchrun_rdzv_id(command)
+    if rdzv_id and not any(os.environ.get(name, "").strip() for name in _RUN_ID_SOURCES):
+        # Every node runs its own `distwal run`: a run id made up here would split the job
+        # in one run per node. torchrun's rendezvous id is the one every node shares.
+        config = dataclasses.replace(config, run_id=rdzv_id)
     modes = Modes.for_config(config.shared_group)
     prepare_dir(config.dir, modes)
     domain = ensure_domain(config.dir, modes)
@@ -108,6 +114,27 @@ def delivery_line(config: Config, drained: bool, state: dict[str, Any], seconds:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+_RUN_ID_SOURCES = ("DISTWAL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")  # what run_id_from_env reads
+_TORCHRUN_FLAGS = {"--standalone", "--no-python", "--no_python", "-m", "--module", "--run-path", "--run_path"}
+
+
+def torchrun_rdzv_id(command: list[str]) -> str | None:
+    """The `--rdzv-id` of a torchrun command (its own options, before the script), or None."""
+    if not command or os.path.basename(command[0]) != "torchrun":
+        return None
+    args = iter(command[1:])
+    for arg in args:
+        if not arg.startswith("-"):
+            return None  # the training script: what follows is its own arguments
+        name, has_value, value = arg.partition("=")
+        if name in ("--rdzv-id", "--rdzv_id"):
+            found = value if has_value else next(args, "")
+            return found if found and found != "none" else None
+        if not has_value and name not in _TORCHRUN_FLAGS:
+            next(args, None)  # this option's value
+    return None
 
 
 def _forward_to(child: subprocess.Popen[bytes]) -> Callable[[int, Any], None]:

@@ -22,6 +22,14 @@ forces pid collisions across hosts, and a pid reused on the same host after a de
 one command at a time on a host when one of them wants a pid (wait for its first line):
 another command forking on that host in between could take the pid.
 
+FUSE flavour: SimHost(name, fuse=FuseMount(dir, timeout)) mounts `dir` over itself with
+bindfs (`-o attr_timeout=T,entry_timeout=T,kernel_cache`) in the host's own mount
+namespace, so every host sees the same path through its own FUSE mount, as NFS clients
+do: POSIX locks taken there do not reach the other hosts (the kernel keeps FUSE locks per
+mount when the filesystem does not implement them), and another host's renames and
+appends are seen up to T seconds late. The bindfs daemon runs inside the host: killing
+the host unmounts it.
+
 Killing: host.kill() SIGKILLs the host's init; the kernel then kills every process in the
 namespace and, before init's exit completes, waits for all of them, so when kill() returns
 nothing on that host runs anymore. A command's Child is the `nsenter` process outside the
@@ -39,6 +47,7 @@ import sys
 import textwrap
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -48,6 +57,7 @@ from .procs import PRELUDE, Child
 
 UNSHARE = shutil.which("unshare")
 NSENTER = shutil.which("nsenter")
+BINDFS = shutil.which("bindfs")
 
 _INIT = r'''
 import os, socket, sys, time
@@ -105,6 +115,50 @@ def unshare_problem() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def fuse_problem() -> str | None:
+    """Why FUSE-mounted simulated hosts cannot run here (None: they can), probed once."""
+    problem = unshare_problem()
+    if problem is not None:
+        return problem
+    if BINDFS is None:
+        return "bindfs is not installed (Debian: apt-get install bindfs)"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (FUSE is not available in this kernel or container)"
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fuse-probe-") as tmp:
+        script = f"{BINDFS} {tmp} {tmp} && touch {tmp}/probe && fusermount -u {tmp}"
+        try:
+            result = subprocess.run([UNSHARE or "unshare", "--mount", "sh", "-c", script], capture_output=True,
+                                    text=True, timeout=30, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bindfs failed to run: {exc}"
+        if result.returncode != 0:
+            return f"bindfs cannot mount here: {result.stderr.strip()[-200:]}"
+    return None
+
+
+def require_fuse_hosts() -> None:
+    """Skip the calling test, with the reason, when FUSE-mounted hosts are not available."""
+    problem = fuse_problem()
+    if problem is not None:
+        pytest.skip(f"FUSE-mounted simulated hosts unavailable: {problem}")
+
+
+@dataclass(frozen=True)
+class FuseMount:
+    """The shared directory as one host's NFS-like client mount sees it (bindfs, see above)."""
+
+    path: str
+    timeout: float = 1.0  # attr_timeout and entry_timeout, seconds (NFS: actimeo)
+    kernel_cache: bool = True
+
+    def options(self) -> str:
+        opts = f"attr_timeout={self.timeout},entry_timeout={self.timeout}"
+        return opts + (",kernel_cache" if self.kernel_cache else "")
+
+
 def require_sim_hosts() -> None:
     """Skip the calling test, with the reason, when simulated hosts are not available."""
     problem = unshare_problem()
@@ -136,8 +190,9 @@ def free_pid_on_main_host(gap: int = 200) -> int:
 class SimHost:
     """One simulated host: an init in its own pid and UTS namespace; start commands into it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, fuse: FuseMount | None = None) -> None:
         self.name = name
+        self.fuse = fuse
         self.init: Child | None = None
         self.init_pid = 0  # the host's pid 1, as our namespace numbers it
         self.killed_at: float | None = None
@@ -158,7 +213,25 @@ class SimHost:
         children = psutil.Process(popen.pid).children()
         assert len(children) == 1, f"unshare {popen.pid} should have exactly its init as child: {children}"
         self.init_pid = children[0].pid
+        if self.fuse is not None:
+            self._mount(self.fuse, timeout)
         return self
+
+    def _mount(self, fuse: FuseMount, timeout: float) -> None:
+        """bindfs `fuse.path` over itself inside this host (its daemon lives and dies with the host)."""
+        assert NSENTER is not None and BINDFS is not None, "bindfs is not installed"
+        os.makedirs(fuse.path, mode=0o700, exist_ok=True)
+        result = subprocess.run(
+            [NSENTER, f"--target={self.init_pid}", "--pid", "--mount", BINDFS, "-o", fuse.options(),
+             fuse.path, fuse.path],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0, f"bindfs on {self.name} failed: {result.stderr.strip()}"
+        probe = subprocess.run(
+            [NSENTER, f"--target={self.init_pid}", "--mount", "stat", "-f", "-c", "%T", fuse.path],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        assert "fuse" in probe.stdout, f"{fuse.path} on {self.name} is not a FUSE mount: {probe.stdout.strip()}"
 
     def alive(self) -> bool:
         return self.init is not None and self.init.popen.poll() is None
@@ -189,6 +262,10 @@ class SimHost:
         self.init.reap()
 
     # -- commands ---------------------------------------------------------------------
+
+    def argv(self, command: list[str], cwd: str | os.PathLike[str]) -> list[str]:
+        """The argv that runs `command` on this host (for callers that spawn it themselves)."""
+        return self._argv(command, os.fspath(cwd), None)
 
     def _argv(self, command: list[str], cwd: str, pid: int | None) -> list[str]:
         assert NSENTER is not None and self.init_pid, "boot() the host first"
@@ -300,13 +377,15 @@ def assert_stays_in_writers(wal_dir: str | os.PathLike[str], writer_ids: list[st
 
 
 @contextmanager
-def sim_host(name: str) -> Iterator[SimHost]:
+def sim_host(name: str, fuse: FuseMount | None = None) -> Iterator[SimHost]:
     """A booted simulated host named `name`, shut down (everything on it killed) on exit.
 
-    Skips the test, saying why, when unshare is not permitted here.
+    Skips the test, saying why, when unshare (or, with `fuse`, bindfs) is not usable here.
     """
+    if fuse is not None:
+        require_fuse_hosts()
     require_sim_hosts()
-    host = SimHost(name)
+    host = SimHost(name, fuse)
     try:
         yield host.boot()
     finally:
@@ -314,6 +393,6 @@ def sim_host(name: str) -> Iterator[SimHost]:
 
 
 __all__ = [
-    "HostChild", "SimHost", "assert_stays_in_writers", "free_pid_on_main_host", "require_sim_hosts", "sim_host",
+    "FuseMount", "HostChild", "SimHost", "fuse_problem", "require_fuse_hosts", "assert_stays_in_writers", "free_pid_on_main_host", "require_sim_hosts", "sim_host",
     "unshare_problem", "wait_moved_from_writers", "where_is",
 ]

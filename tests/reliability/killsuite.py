@@ -8,10 +8,16 @@ A round, all choices drawn from one seed:
   connections, slow answers, commits whose reply is lost;
 - 1 to 3 kill events at random moments: SIGKILL a writer, the leading rank, the leader's
   sender process, or a whole simulated host;
+- in about half the multi-host rounds, each simulated host sees the directory through its
+  own bindfs FUSE mount (attr/entry timeout 0.2 or 0.5 s, kernel_cache): node-local
+  locks and late metadata, as NFS clients with `local_lock` see it (helpers.hosts.FuseMount);
 - then the survivors stop and finish, and `distwal drain` delivers what is left.
 At the end: every acknowledged record is in the server exactly once (seqs 1..n per
-writer, the right data), no older epoch wrote after a newer one, and nothing is left on
-disk but tombstones.
+writer, the right data), no older epoch wrote after a newer one, nothing is left on
+disk but tombstones, and epochs claimed <= leader changes + 1: a LeaseMonitor reads the
+lease every 20 ms, and a new epoch counts as a leader change only when the previous
+leadership had ended (its lease released, its owner killed by the round, or its lease
+silent for about a lease), never while its owner was still renewing.
 
     python tests/reliability/killsuite.py --rounds 1000 [--seed S] [--out stats.json]
     DISTWAL_TEST_SEED=S python -m pytest tests/reliability/test_kill_suite.py   # replay one round
@@ -26,6 +32,7 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -48,9 +55,10 @@ from helpers.cluster import (  # noqa: E402
     start_writer,
     wait_until,
 )
-from helpers.hosts import unshare_problem, where_is  # noqa: E402
+from helpers.hosts import FuseMount, fuse_problem, unshare_problem, where_is  # noqa: E402
 
 LEASE_S = "1.5"
+FUSE_TIMEOUTS = (0.2, 0.5)  # seconds of attr/entry caching: well under the lease, as documented
 
 
 @dataclass
@@ -65,7 +73,93 @@ class RoundStats:
     lost: int = 0
     wire_duplicates: int = 0
     epochs: int = 0
+    fuse: float = 0.0  # the FUSE hosts' attr/entry timeout; 0: plain simulated hosts
+    epochs_claimed: int = 0
+    leader_changes: int = 0
     seconds: float = 0.0
+
+
+class LeaseMonitor:
+    """Reads <wal>/leader.json every 20 ms (from the main host) to judge each change of epoch.
+
+    A change from epoch a to b counts as a leader change when a's leadership had ended
+    before b appeared: a's lease was seen released, a's owner was killed by the round
+    (kill() below), or a's lease had stopped moving for `quiet` seconds in the last two
+    leases before b appeared (a stalled or dead leader on a host whose death we cannot
+    see; a stalled leader may still land one late renewal, decided before its stall).
+    Anything else is a contender that claimed while the leader kept renewing: the bug
+    the lease must prevent.
+    """
+
+    def __init__(self, wal: Path, quiet: float, lease_s: float) -> None:
+        self.path = wal / "leader.json"
+        self.quiet = quiet
+        self.lease_s = lease_s
+        self.seen: dict[int, dict[str, Any]] = {}  # epoch -> first, moved, owner, released
+        self.kills: list[tuple[float, set[str]]] = []
+        self._last: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LeaseMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.read()  # the lease as the round left it
+
+    def kill(self, owners: set[str]) -> None:
+        """The round is about to kill the processes whose lease owner names are `owners`."""
+        self.kills.append((time.monotonic(), owners))
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.read()
+
+    def read(self) -> None:
+        lease = read_json(self.path)
+        if not isinstance(lease, dict) or type(lease.get("epoch")) is not int:
+            return
+        now = time.monotonic()
+        token = (lease["epoch"], lease.get("n"), lease.get("released"))
+        entry = self.seen.setdefault(lease["epoch"], {"first": now, "moves": [], "owner": lease.get("owner"),
+                                                      "released": False})
+        if token != self._last:
+            entry["moves"].append(now)
+            self._last = token
+        entry["released"] = entry["released"] or bool(lease.get("released"))
+
+    def judge(self, claimed: int) -> tuple[int, list[str]]:
+        """(leader changes, descriptions of the epoch changes that were not leader changes).
+
+        An epoch that never held the lease counts as a leader change only if the round
+        killed its claimant (named in its epoch file) before it could write the lease.
+        """
+        epochs = sorted(self.seen)
+        changes, bad = 0, []
+        for old, new in zip(epochs, epochs[1:]):
+            a, b = self.seen[old], self.seen[new]
+            killed = any(t <= b["first"] and a["owner"] in owners for t, owners in self.kills)
+            window = b["first"] - 2 * self.lease_s
+            recent = [t for t in a["moves"] if t >= window]
+            moves = a["moves"][-len(recent) - 1:] + [b["first"]]  # and the last move before the window
+            gaps = [later - earlier for earlier, later in zip(moves, moves[1:])]
+            if a["released"] or killed or max(gaps) >= self.quiet:
+                changes += 1
+            else:
+                bad.append(f"epoch {new} ({b['owner']}) claimed while epoch {old} ({a['owner']}) renewed: its "
+                           f"lease moved {len(recent)} times in the {2 * self.lease_s:g}s before, longest pause "
+                           f"{max(gaps):.2f}s, last {b['first'] - a['moves'][-1]:.2f}s before")
+        killed = set().union(*(owners for _, owners in self.kills)) if self.kills else set()
+        for epoch in sorted(set(range(1, claimed + 1)) - set(epochs)):
+            claimant = (read_json(self.path.parent / "epochs" / f"{epoch:016d}") or {}).get("owner")
+            if claimant in killed:
+                changes += 1
+            else:
+                bad.append(f"epoch {epoch} claimed by {claimant} never held the lease, and its claimant was not killed")
+        return changes, bad
 
 
 def _plan(rng: random.Random, stats: RoundStats, fault_rate: float) -> Any:
@@ -96,6 +190,11 @@ def run_round(seed: int, workdir: Path, fault_rate: float = 0.2) -> RoundStats:
     stop = workdir / "stop"
     sim_ok = unshare_problem() is None
     stats.hosts = rng.randint(1, 3) if sim_ok else 1
+    fuse = None
+    if stats.hosts > 1 and fuse_problem() is None and rng.random() < 0.5:
+        stats.fuse = rng.choice(FUSE_TIMEOUTS)
+        fuse = FuseMount(str(wal), stats.fuse)
+    wal.mkdir(mode=0o700, exist_ok=True)
     n_writers = rng.randint(2, 5)
     stats.writers = n_writers
     context = f"(seed={seed}; replay with DISTWAL_TEST_SEED={seed})"
@@ -105,10 +204,13 @@ def run_round(seed: int, workdir: Path, fault_rate: float = 0.2) -> RoundStats:
 
         hosts: list[SimHost | None] = [None]
         for index in range(1, stats.hosts):
-            host = SimHost(f"sim{index}").boot()
+            host = SimHost(f"sim{index}", fuse).boot()
             stack.callback(host.shutdown)
             hosts.append(host)
         env = cluster_env(wal, server.url, DISTWAL_LEASE_S=LEASE_S)
+        # Watching from before the first rank starts. A lease seen late through a FUSE mount
+        # goes stale that much later for its host, and so earlier as seen from here.
+        monitor = stack.enter_context(LeaseMonitor(wal, float(LEASE_S) - stats.fuse - 0.3, float(LEASE_S)))
         ranks = []
         for index in range(n_writers):
             where = rng.randrange(stats.hosts)
@@ -129,6 +231,7 @@ def run_round(seed: int, workdir: Path, fault_rate: float = 0.2) -> RoundStats:
                 index = rng.randrange(1, stats.hosts)
                 host = hosts[index]
                 if host is not None and host.alive():
+                    monitor.kill({writer_ids[tag] for tag, where, _ in ranks if where == index})
                     host.kill()
                     killed |= {tag for tag, where, _ in ranks if where == index}
                     stats.kills.append(f"host sim{index}")
@@ -141,6 +244,7 @@ def run_round(seed: int, workdir: Path, fault_rate: float = 0.2) -> RoundStats:
                 owner = lease.get("owner")
                 hit = [(tag, child) for tag, child in alive if writer_ids[tag] == owner]
                 if hit and target == "sender":
+                    monitor.kill({writer_ids[hit[0][0]]})
                     pids = sender_pids(_inner_pid(hit[0][1]))
                     for pid in pids:
                         _kill(pid)
@@ -148,11 +252,13 @@ def run_round(seed: int, workdir: Path, fault_rate: float = 0.2) -> RoundStats:
                     continue
                 if hit:
                     tag, child = hit[0]
+                    monitor.kill({writer_ids[tag]})
                     child.kill(signal.SIGKILL)
                     killed.add(tag)
                     stats.kills.append(f"leader {tag}")
                     continue
             tag, child = rng.choice(alive)
+            monitor.kill({writer_ids[tag]})
             child.kill(signal.SIGKILL)
             killed.add(tag)
             stats.kills.append(f"writer {tag}")
@@ -164,6 +270,13 @@ def run_round(seed: int, workdir: Path, fault_rate: float = 0.2) -> RoundStats:
         drain = run_cli(["drain", str(wal), "--sink", server.url, "--timeout", "60"],
                         {**env, "DISTWAL_LEASE_S": LEASE_S}, timeout=120)
         assert drain.returncode == 0, f"drain failed {context}: {drain.stderr}"
+        monitor.__exit__()
+        stats.epochs_claimed = max((int(p.name) for p in (wal / "epochs").iterdir() if p.name.isdigit()), default=0)
+        stats.leader_changes, unjustified = monitor.judge(stats.epochs_claimed)
+        assert not unjustified and stats.epochs_claimed <= stats.leader_changes + 1, (
+            f"{stats.epochs_claimed} epochs claimed for {stats.leader_changes} leader changes: "
+            f"{'; '.join(unjustified)} {context}"
+        )
         stored = server.records()
         for tag, _, child in ranks:
             acks = acks_of(child)
@@ -231,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 stats = run_round(seed, Path(tmp))
                 rounds.append(asdict(stats))
-                print(f"round {number + 1}: seed {seed} ok: {stats.writers} writers on {stats.hosts} hosts, "
+                flavour = f" (FUSE {stats.fuse}s)" if stats.fuse else ""
+                print(f"round {number + 1}: seed {seed} ok: {stats.writers} writers on {stats.hosts} hosts{flavour}, "
                       f"kills {stats.kills}, acked {stats.acked}, wire dups {stats.wire_duplicates}, "
+                      f"epochs {stats.epochs_claimed} for {stats.leader_changes} leader changes, "
                       f"{stats.seconds}s", flush=True)
             except Exception as exc:  # noqa: BLE001 - report every failing seed, keep going
                 failures.append(f"seed {seed}: {exc}")
@@ -249,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         "leader_kills": sum(1 for r in rounds for k in r["kills"] if k.startswith(("leader", "sender"))),
         "faults": sum(sum(r["faults"].values()) for r in rounds),
         "multi_host_rounds": sum(1 for r in rounds if r["hosts"] > 1),
+        "fuse_rounds": sum(1 for r in rounds if r["fuse"]),
+        "epochs_claimed": sum(r["epochs_claimed"] for r in rounds),
+        "leader_changes": sum(r["leader_changes"] for r in rounds),
         "minutes": round((time.monotonic() - started) / 60, 1),
         "first_seed": first,
     }

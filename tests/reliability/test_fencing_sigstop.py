@@ -332,3 +332,38 @@ def test_freed_lock_does_not_let_a_contender_depose_a_leader_whose_lease_is_fres
         for tag, child in ranks.items():
             assert_acked_delivered_once(stored, writer_id_of(child), tag, acks_of(child), context, finished=True)
         assert_fenced(server.requests_table(), context)
+
+
+def test_drain_stalled_past_its_lease_takes_leadership_back_and_delivers(tmp_path: Path) -> None:
+    """`distwal drain` whose first request hangs in the sink for two leases: it finds its lease
+    lost (a stall), says so in one line, leads again with a new epoch and exits 0 once
+    everything is delivered (before, it died with a LostLeadership traceback)."""
+    from helpers.jobs import run_cli_child
+
+    wal = tmp_path / "wal"
+    first = threading.Event()
+
+    def plan(req: object) -> Fault | None:
+        if first.is_set():
+            return None
+        first.set()
+        return Fault("slow", seconds=2 * LEASE + 0.5)  # the stall: the reply comes after the lease
+
+    with FaultServer(tmp_path / "sink.db", plan=plan) as server:
+        env = cluster_env(wal, server.url, sender=False)
+        acks, writers = {}, {}
+        with ExitStack() as stack:  # 2 x 12,000 records: more than one 20,000-record batch
+            ranks = {tag: stack.enter_context(start_writer(tmp_path, env, tag, count=12_000)) for tag in "ab"}
+            for tag, rank in ranks.items():
+                assert rank.wait(timeout=90) == 0, rank.describe()
+                acks[tag], writers[tag] = acks_of(rank), writer_id_of(rank)
+        with run_cli_child(tmp_path, ["drain", str(wal), "--timeout", "60"], cluster_env(wal, server.url),
+                           name="drain") as drain:
+            code = drain.wait(timeout=90)
+            err = drain.stderr
+        assert code == 0, f"drain should finish after taking leadership back:\n{err}"
+        assert "taking it back" in err and "leading again with epoch 2" in err, err
+        assert "Traceback" not in err, err
+        for tag in "ab":
+            assert_acked_delivered_once(server.records(), writers[tag], tag, acks[tag], "(stalled drain)",
+                                        finished=True)
