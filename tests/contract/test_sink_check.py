@@ -31,7 +31,7 @@ TOKEN = "preflight-token-7c1d"
 
 @pytest.fixture
 def server(tmp_path) -> Iterator[FaultServer]:
-    with FaultServer(tmp_path / "server.db", token=TOKEN) as running:
+    with FaultServer(tmp_path / "server.db", token=TOKEN, probes=True) as running:
         yield running
 
 
