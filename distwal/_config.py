@@ -39,7 +39,8 @@ DEFAULT_ON_FULL = "block"
 
 DURABILITY_MODES = ("sync", "interval", "none")
 ON_FULL_POLICIES = ("block", "drop", "raise")
-SINK_SCHEMES = ("http", "https", "sqlite", "jsonl")
+SINK_SCHEMES: tuple[str, ...] = ("http", "https", "sqlite", "jsonl")
+SINK_SCHEMES += ("mlflow+http", "mlflow+https")
 
 
 @dataclass(frozen=True)
