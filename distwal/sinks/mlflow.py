@@ -10,7 +10,8 @@ What a record becomes:
 
 - every top-level int or float field (not bool), with nested mappings flattened by `/`
   (`{"train": {"loss": 1}}` -> metric `train/loss`), is one metric point; the strings
-  "NaN", "Infinity" and "-Infinity" (how log() keeps non-finite floats) are those floats;
+  "NaN", "Infinity" and "-Infinity" (how log() keeps non-finite floats) are those floats
+  (MLflow's SQL store then keeps NaN, and an infinity as the largest double of its sign);
 - step = the record's integer `step` field, else its seq; timestamp = the record's numeric
   `ts` field (unix seconds), else the time of its log() call, in ms. `step` and `ts` are
   not metrics themselves;

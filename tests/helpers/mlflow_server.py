@@ -193,3 +193,18 @@ def tags(run: dict[str, Any]) -> dict[str, str]:
 
 def params(run: dict[str, Any]) -> dict[str, str]:
     return {p["key"]: p.get("value", "") for p in run.get("data", {}).get("params", [])}
+
+
+def timeout_for(seconds: float) -> float:
+    """A test's timeout: `seconds`, plus the time to install mlflow when its venv is not ready yet
+    (pytest-timeout counts the session fixture's setup in the first test that uses it)."""
+    ready = STAMP.exists() and STAMP.read_text().strip() == MLFLOW_REQUIREMENT
+    return seconds if ready else seconds + 1200
+
+
+if __name__ == "__main__":  # `python tests/helpers/mlflow_server.py`: create the venv ahead (Makefile, CI)
+    try:
+        print(f"mlflow for the tests: {ensure_mlflow_venv()} ({MLFLOW_REQUIREMENT})")
+    except (MlflowUnavailable, OSError, subprocess.SubprocessError) as exc:
+        print(f"mlflow not installable, its tests will skip: {exc}")
+
