@@ -92,6 +92,11 @@ class Rank:
         return [int(line.parts[-1]) for line in self.child.lines_with("ack")]
 
 
+def mlflow_env(wal: Path, url: str, **extra: str) -> dict[str, str]:
+    """A rank's environment; one distwal run id for all ranks, as `distwal run` or torchrun export."""
+    return cluster_env(wal, url, DISTWAL_LEASE_S=LEASE, DISTWAL_RUN_ID=f"job-{uuid.uuid4().hex[:8]}", **extra)
+
+
 def sink_url(server: MlflowServer, experiment: str) -> str:
     return f"mlflow+{server.url}?experiment={experiment}"
 
@@ -142,7 +147,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_is_one_point(tmp_p
     context = f"(seed={seed}, modes={modes})"
     wal, stop = tmp_path / "wal", tmp_path / "stop"
     url = sink_url(mlflow_server, experiment)
-    env = cluster_env(wal, url, DISTWAL_LEASE_S=LEASE)
+    env = mlflow_env(wal, url)
     with ExitStack() as stack:
         ranks = [start(stack, tmp_path, env, RANK, k, stop=str(stop), pace=rng.uniform(0.003, 0.01))
                  for k in range(3)]
@@ -157,10 +162,11 @@ def test_leader_sigkilled_at_random_points_every_acked_record_is_one_point(tmp_p
             epoch, pid = int(lease["epoch"]), int(lease["pid"])
             leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
             assert leader is not None, f"leader.json names pid {pid}, not a live rank {context}"
-            acked_before = (read_json(wal / "sender.json") or {}).get("acked_records", 0)
-            wait_until(lambda: sender_pids(pid) and (read_json(wal / "sender.json") or {}).get("epoch") == epoch,
-                       60, f"the leader of epoch {epoch} running {context}")
-            time.sleep(rng.uniform(0.2, 2.5))  # the random point itself, not a wait for a condition
+            wait_until(lambda: sender_pids(pid), 60, f"the sender of epoch {epoch} running {context}",
+                       lambda: f"sender.json {read_json(wal / 'sender.json')}")
+            time.sleep(rng.uniform(0.2, 6.0))  # the random point itself, not a wait for a condition
+            health = read_json(wal / "sender.json") or {}
+            acked_before = health.get("acked_records", 0) if health.get("epoch") == epoch else 0
             if mode == "rank":
                 leader.child.kill(signal.SIGKILL)
                 assert leader.child.wait() == -signal.SIGKILL, leader.child.describe()
@@ -170,7 +176,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_is_one_point(tmp_p
             else:
                 for victim in sender_pids(pid):
                     kill_and_wait_gone(victim)
-            print(f"round {round_}: {mode} of epoch {epoch} killed; sender.json acked {acked_before} before")
+            print(f"round {round_}: {mode} of epoch {epoch} killed after it acked {acked_before} records")
             last_epoch = epoch
         stop.touch()
         for rank in ranks:
@@ -194,7 +200,7 @@ def test_mlflow_server_stopped_and_restarted_mid_run_loses_and_doubles_nothing(t
     rng = random.Random(seed)
     wal, stop = tmp_path / "wal", tmp_path / "stop"
     url = sink_url(mlflow_server, experiment)
-    env = cluster_env(wal, url, DISTWAL_LEASE_S=LEASE)
+    env = mlflow_env(wal, url)
     with ExitStack() as stack:
         ranks = [start(stack, tmp_path, env, RANK, k, stop=str(stop), pace=0.005, flush_delivered=[120])
                  for k in range(2)]
@@ -222,7 +228,7 @@ def test_mlflow_server_stopped_and_restarted_mid_run_loses_and_doubles_nothing(t
 def test_a_metric_key_mlflow_refuses_is_a_dead_letter_and_blocks_nothing(tmp_path, seed, mlflow_server, experiment):
     bad = random.Random(seed).randrange(20, 180)
     wal = tmp_path / "wal"
-    env = cluster_env(wal, sink_url(mlflow_server, experiment), DISTWAL_LEASE_S=LEASE)
+    env = mlflow_env(wal, sink_url(mlflow_server, experiment))
     with ExitStack() as stack:
         rank = start(stack, tmp_path, env, RANK, 0, count=200, bad=[bad], flush_delivered=[60])
         assert rank.child.wait(90) == 0, rank.child.describe()
@@ -244,7 +250,7 @@ def test_the_tee_in_four_processes_one_sigkilled_its_acked_metrics_arrive(tmp_pa
     wal, stop = tmp_path / "wal", tmp_path / "stop"
     url = sink_url(mlflow_server, experiment)
     # sync: a tee call that returned is on disk (the default, interval, may lose the last 20 ms)
-    env = cluster_env(wal, url, DISTWAL_LEASE_S=LEASE, DISTWAL_DURABILITY="sync")
+    env = mlflow_env(wal, url, DISTWAL_DURABILITY="sync")
     with ExitStack() as stack:
         ranks = [start(stack, tmp_path, env, TEE, k, stop=str(stop), pace=rng.uniform(0.002, 0.01)) for k in range(4)]
         victim = ranks[victim_k]
