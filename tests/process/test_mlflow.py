@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (  # the `seed` fixture comes from tests/process/conftest.py
     cluster_env,
     kill_and_wait_gone,
     read_json,
     run_cli,
-    seed,
     sender_pids,
     wait_until,
 )
@@ -153,7 +152,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_is_one_point(tmp_p
                  for k in range(3)]
         last_epoch = 0
         for round_, mode in enumerate(modes):
-            def new_leader() -> Any:
+            def new_leader(last_epoch: int = last_epoch) -> Any:
                 lease = read_json(wal / "leader.json")
                 ok = lease and lease["epoch"] > last_epoch and not lease.get("released")
                 return lease if ok else None
@@ -162,7 +161,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_is_one_point(tmp_p
             epoch, pid = int(lease["epoch"]), int(lease["pid"])
             leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
             assert leader is not None, f"leader.json names pid {pid}, not a live rank {context}"
-            wait_until(lambda: sender_pids(pid), 60, f"the sender of epoch {epoch} running {context}",
+            wait_until(lambda pid=pid: sender_pids(pid), 60, f"the sender of epoch {epoch} running {context}",
                        lambda: f"sender.json {read_json(wal / 'sender.json')}")
             time.sleep(rng.uniform(0.2, 6.0))  # the random point itself, not a wait for a condition
             health = read_json(wal / "sender.json") or {}
