@@ -62,6 +62,7 @@ MAX_REQUEST_BYTES = 900_000  # below MLflow's 1 MB, leaving room for the JSON ar
 # log-batch requests one write() may make: a loaded MLflow takes up to seconds for each, and a
 # write() that outlasts the leader's lease loses it (measured: 0.2-2.7 s per 1,000 points).
 MAX_REQUESTS_PER_WRITE = 3
+RESOLVE_BUDGET = 2.0  # seconds one write() may spend finding (or creating) runs before it asks for a split
 SETTLE_TIMEOUT = 30.0  # seconds: an unsettled run older than this was left by a leader that died creating it
 
 TAG_RUN = "distwal.run"
@@ -114,9 +115,15 @@ class MLflowSink(Sink):
     def write(self, batch: Batch) -> None:
         try:
             bodies: list[dict[str, Any]] = []
+            started = time.monotonic()
             for chunk in batch.chunks:
-                if len(chunk):
-                    bodies.extend(pack(self._run_of(chunk.writer, chunk.meta), entries_of(chunk)))
+                if not len(chunk):
+                    continue
+                if chunk.writer not in self._children and time.monotonic() - started > RESOLVE_BUDGET and len(batch) > 1:
+                    # Finding runs takes a few requests per new writer (a new leader of a
+                    # thousand): the runs found so far stay cached, the sender sends halves.
+                    raise SinkTooLarge(f"{len(batch)} records of writers new to this leader: send fewer at a time")
+                bodies.extend(pack(self._run_of(chunk.writer, chunk.meta), entries_of(chunk)))
             if len(bodies) > MAX_REQUESTS_PER_WRITE and len(batch) > 1:
                 # The sender renews its lease between writes, not during one: ask it to split.
                 raise SinkTooLarge(f"{len(batch)} records make {len(bodies)} MLflow requests: send fewer at a time")

@@ -25,7 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
 
-from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkUnavailable  # noqa: E402
+from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable  # noqa: E402
 from distwal._scan import WriterFiles  # noqa: E402
 from distwal.sinks import Batch, Chunk, sink_from_url  # noqa: E402
 from distwal.sinks.mlflow import MLflowSink, pack, parse_url, record_entries  # noqa: E402
@@ -234,6 +234,37 @@ def test_writer_done_ends_the_run_with_the_writers_end(mlflow_server, end, statu
     assert info["status"] == status
     if end and "ts" in end:
         assert int(info["end_time"]) == 1_700_000_100_500
+
+
+@pytest.mark.process
+@pytest.mark.timeout(timeout_for(120))
+def test_a_batch_needing_more_than_three_requests_asks_to_be_split_and_its_halves_store_each_point_once(
+        mlflow_server):
+    """A write() must not outlast the leader's lease: past 3 log-batch requests the sink raises
+    SinkTooLarge before sending anything, and the sender sends halves (done here as it does)."""
+    exp = fresh()
+    sink = sink_for(mlflow_server, exp)
+    big = batch(numbered("writer-a", 1, 3500), numbered("writer-b", 1, 10))  # 3,510 points: 5 requests
+    sent: list[int] = []
+
+    def send(part: Batch) -> None:
+        try:
+            sink.write(part)
+            sent.append(len(part))
+        except SinkTooLarge:
+            assert len(part) > 1
+            for half in part.halves():
+                send(half)
+
+    try:
+        with pytest.raises(SinkTooLarge):
+            sink.write(big)
+        send(big)
+    finally:
+        sink.close()
+    assert len(sent) > 1 and sum(sent) == 3510, sent
+    assert points(mlflow_server, exp, "writer-a", "n") == [(s, float(s)) for s in range(1, 3501)]
+    assert points(mlflow_server, exp, "writer-b", "n") == [(s, float(s)) for s in range(1, 11)]
 
 
 # -- two leaders ---------------------------------------------------------------------------------
