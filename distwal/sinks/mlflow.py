@@ -137,7 +137,7 @@ class MLflowSink(Sink):
         reason = (end or {}).get("reason", "finished")
         status = END_STATUS.get(reason if isinstance(reason, str) else "", "FINISHED")
         ts = (end or {}).get("ts")
-        end_ms = int(ts * 1000) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else _now_ms()
+        end_ms = int(ts * 1000) if _is_number(ts) and math.isfinite(ts) else _now_ms()
         try:
             run_id = self._run_of(writer, meta)
             self._api.call("POST", "runs/update", {"run_id": run_id, "status": status, "end_time": end_ms})
@@ -498,6 +498,10 @@ def parse_url(url: str) -> tuple[str, str]:
         raise ConfigError(f"{url!r}: name the MLflow server, e.g. mlflow+http://mlflow:5000?experiment=exp42")
     if parts.username or parts.password:
         raise ConfigError(f"{url.split('://')[0]}://...: put no credentials in the URL; set DISTWAL_TOKEN instead")
+    try:
+        _ = parts.port  # urlsplit checks the port only when asked
+    except ValueError:
+        raise ConfigError(f"{url!r}: the port is not a number from 0 to 65535") from None
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - {"experiment"})
     if unknown:

@@ -393,6 +393,7 @@ def test_record_entries_skip_bools_strings_and_lists_and_keep_the_three_non_fini
     ("mlflow+http://h:5000?exp=x", "unknown option 'exp'"),
     ("mlflow+http://h:5000?experiment=", "non-empty experiment"),
     ("mlflow+http://u:secret@h:5000", "DISTWAL_TOKEN"),
+    ("mlflow+http://h:99999", "port"),
 ])
 def test_a_malformed_url_is_one_clear_ConfigError(url, message):
     with pytest.raises(ConfigError, match=message) as info:
