@@ -4,7 +4,7 @@ One `mlflow server` (SQLite store, 127.0.0.1, from tests/helpers/mlflow_server.p
 both sides of every comparison, in the same run:
 
   1. throughput  metric points/s through MLflowSink.write() (records of 10 numeric fields,
-                 100 records = 1,000 points per log-batch request) vs MLflow's own
+                 100 records = 1,000 points per log-batch request, one per write) vs MLflow's own
                  MlflowClient.log_batch with full 1,000-metric batches (in MLflow's venv).
                  Each repetition writes into fresh runs, sides alternating, after one
                  unmeasured warm-up of each. Target: within 1.2x.
@@ -123,7 +123,7 @@ def _sink_points_per_s(server: MlflowServer, experiment: str, points: int) -> fl
     records = points // FIELDS
     now = time.time()
     lines = [orjson.dumps({"step": i, **{f"m{k}": float(i * FIELDS + k) for k in range(FIELDS)}}) for i in range(records)]
-    per_write = 300  # records: 3,000 points, the most one write() sends (MAX_REQUESTS_PER_WRITE)
+    per_write = 100  # records: 1,000 points, the most one write() sends (one log-batch request)
     sink.write(Batch(1, "bench", (Chunk(writer, meta, prefix, 1, [now], lines[:1]),)))  # the runs exist first
     started = time.perf_counter()
     for first in range(1, records, per_write):

@@ -60,8 +60,9 @@ MAX_PARAMS_TAGS_PER_REQUEST = 100
 MAX_ENTITIES_PER_REQUEST = 1000
 MAX_REQUEST_BYTES = 900_000  # below MLflow's 1 MB, leaving room for the JSON around the lists
 # log-batch requests one write() may make: a loaded MLflow takes up to seconds for each, and a
-# write() that outlasts the leader's lease loses it (measured: 0.2-2.7 s per 1,000 points).
-MAX_REQUESTS_PER_WRITE = 3
+# write() that outlasts the leader's lease loses it (measured: 0.2-2.7 s per 1,000 points on
+# 2 busy cores). More records in a write would not be faster: MLflow takes one run per request.
+MAX_REQUESTS_PER_WRITE = 1
 RESOLVE_BUDGET = 2.0  # seconds one write() may spend finding (or creating) runs before it asks for a split
 SETTLE_TIMEOUT = 30.0  # seconds: an unsettled run older than this was left by a leader that died creating it
 

@@ -68,7 +68,7 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.workdir / "mlflow-server.log"
-        self._client = httpx.Client(timeout=30)
+        self._client = httpx.Client(timeout=120)
 
     def start(self, timeout: float = 120.0) -> MlflowServer:
         python = ensure_mlflow_venv()
@@ -87,6 +87,9 @@ class MlflowServer:
                 raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 if self._client.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    # /health does not touch the store: one API call sets it up (on a new
+                    # database, MLflow's migrations), so no test pays for it in its first request.
+                    self.experiment_id("Default")
                     return self
             except httpx.HTTPError:
                 pass
