@@ -123,7 +123,7 @@ def _sink_points_per_s(server: MlflowServer, experiment: str, points: int) -> fl
     records = points // FIELDS
     now = time.time()
     lines = [orjson.dumps({"step": i, **{f"m{k}": float(i * FIELDS + k) for k in range(FIELDS)}}) for i in range(records)]
-    per_write = 100  # records: 1,000 points, the most one write() sends (one log-batch request)
+    per_write = 100  # records: 1,000 points, one log-batch request per write()
     sink.write(Batch(1, "bench", (Chunk(writer, meta, prefix, 1, [now], lines[:1]),)))  # the runs exist first
     started = time.perf_counter()
     for first in range(1, records, per_write):

@@ -59,12 +59,15 @@ MAX_METRICS_PER_REQUEST = 1000
 MAX_PARAMS_TAGS_PER_REQUEST = 100
 MAX_ENTITIES_PER_REQUEST = 1000
 MAX_REQUEST_BYTES = 900_000  # below MLflow's 1 MB, leaving room for the JSON around the lists
-# log-batch requests one write() may make: a loaded MLflow takes up to seconds for each, and a
-# write() that outlasts the leader's lease loses it (measured: 0.2-2.7 s per 1,000 points on
-# 2 busy cores). More records in a write would not be faster: MLflow takes one run per request.
-MAX_REQUESTS_PER_WRITE = 1
+# What one write() may send: a loaded MLflow takes up to seconds per 1,000 points (measured:
+# 0.2-2.7 s on 2 busy cores), and a write() that outlasts the leader's lease loses it. Small
+# requests (a few points of one writer's run) take milliseconds.
+MAX_POINTS_PER_WRITE = 2000
+MAX_REQUESTS_PER_WRITE = 8
 RESOLVE_BUDGET = 2.0  # seconds one write() may spend finding (or creating) runs before it asks for a split
-SETTLE_TIMEOUT = 30.0  # seconds: an unsettled run older than this was left by a leader that died creating it
+# seconds: an unsettled run older than this was left by a leader that died creating it (its
+# creator settles it within a few requests); until then the new leader waits, all writers with it.
+SETTLE_TIMEOUT = 10.0
 
 TAG_RUN = "distwal.run"
 TAG_WRITER = "distwal.writer"
@@ -115,19 +118,24 @@ class MLflowSink(Sink):
 
     def write(self, batch: Batch) -> None:
         try:
+            by_writer: dict[str, list[Chunk]] = {}  # a chunk is one WAL block: a writer has many
+            for chunk in batch.chunks:
+                if len(chunk):
+                    by_writer.setdefault(chunk.writer, []).append(chunk)
             bodies: list[dict[str, Any]] = []
             started = time.monotonic()
-            for chunk in batch.chunks:
-                if not len(chunk):
-                    continue
-                if chunk.writer not in self._children and time.monotonic() - started > RESOLVE_BUDGET and len(batch) > 1:
+            for writer, chunks in by_writer.items():
+                if writer not in self._children and time.monotonic() - started > RESOLVE_BUDGET and len(batch) > 1:
                     # Finding runs takes a few requests per new writer (a new leader of a
                     # thousand): the runs found so far stay cached, the sender sends halves.
                     raise SinkTooLarge(f"{len(batch)} records of writers new to this leader: send fewer at a time")
-                bodies.extend(pack(self._run_of(chunk.writer, chunk.meta), entries_of(chunk)))
-            if len(bodies) > MAX_REQUESTS_PER_WRITE and len(batch) > 1:
+                run_id = self._run_of(writer, chunks[0].meta)
+                bodies.extend(pack(run_id, (entry for chunk in chunks for entry in entries_of(chunk))))
+            points = sum(len(body.get("metrics", ())) for body in bodies)
+            if len(batch) > 1 and (points > MAX_POINTS_PER_WRITE or len(bodies) > MAX_REQUESTS_PER_WRITE):
                 # The sender renews its lease between writes, not during one: ask it to split.
-                raise SinkTooLarge(f"{len(batch)} records make {len(bodies)} MLflow requests: send fewer at a time")
+                raise SinkTooLarge(f"{len(batch)} records make {points} points in {len(bodies)} MLflow requests: "
+                                   "send fewer at a time")
             for body in bodies:
                 self._api.call("POST", "runs/log-batch", body, record_call=True)
         except _RunGone as exc:

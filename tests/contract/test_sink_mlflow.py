@@ -53,8 +53,7 @@ def numbered(writer: str, first: int, count: int, meta: dict[str, Any] | None = 
 
 
 def deliver(sink: MLflowSink, part: Batch, sent: list[int] | None = None) -> None:
-    """Write `part` as the sender does: halves when the sink says SinkTooLarge (a write makes at
-    most one log-batch request, so a batch of two writers is always split)."""
+    """Write `part` as the sender does: halves when the sink says SinkTooLarge."""
     try:
         sink.write(part)
         if sent is not None:
@@ -251,10 +250,10 @@ def test_writer_done_ends_the_run_with_the_writers_end(mlflow_server, end, statu
 
 @pytest.mark.process
 @pytest.mark.timeout(timeout_for(120))
-def test_a_batch_needing_more_than_one_request_asks_to_be_split_and_its_halves_store_each_point_once(
+def test_a_batch_of_more_than_2000_points_asks_to_be_split_and_its_halves_store_each_point_once(
         mlflow_server):
-    """A write() must not outlast the leader's lease: past one log-batch request the sink raises
-    SinkTooLarge before sending anything, and the sender sends halves (done here as it does)."""
+    """A write() must not outlast the leader's lease: past 2,000 points the sink raises SinkTooLarge
+    before sending anything, and the sender sends halves (done here as it does)."""
     exp = fresh()
     sink = sink_for(mlflow_server, exp)
     big = batch(numbered("writer-a", 1, 3500), numbered("writer-b", 1, 10))  # 3,510 points: 5 requests
@@ -268,6 +267,30 @@ def test_a_batch_needing_more_than_one_request_asks_to_be_split_and_its_halves_s
     assert len(sent) > 1 and sum(sent) == 3510, sent
     assert points(mlflow_server, exp, "writer-a", "n") == [(s, float(s)) for s in range(1, 3501)]
     assert points(mlflow_server, exp, "writer-b", "n") == [(s, float(s)) for s in range(1, 11)]
+
+
+@pytest.mark.process
+@pytest.mark.timeout(timeout_for(90))
+def test_one_record_blocks_of_one_writer_go_in_one_request(mlflow_server):
+    """In sync mode every record is its own WAL block, so a batch holds a chunk per record:
+    they share one log-batch request (per writer), not one request each."""
+    exp = fresh()
+    sink = sink_for(mlflow_server, exp)
+    requests: list[int] = []
+    real = sink._api.call
+
+    def counting(method: str, endpoint: str, *args: Any, **kwargs: Any) -> Any:
+        if endpoint == "runs/log-batch":
+            requests.append(len(args[0]["metrics"]))
+        return real(method, endpoint, *args, **kwargs)
+
+    sink._api.call = counting  # type: ignore[method-assign]
+    try:
+        sink.write(batch(*[numbered("writer-s", seq, 1) for seq in range(1, 301)], numbered("writer-t", 1, 5)))
+    finally:
+        sink.close()
+    assert sorted(requests) == [5, 300], requests
+    assert points(mlflow_server, exp, "writer-s", "n") == [(s, float(s)) for s in range(1, 301)]
 
 
 # -- two leaders ---------------------------------------------------------------------------------

@@ -97,12 +97,13 @@ class MlflowServer:
         self.stop()
         raise RuntimeError(f"mlflow server did not answer within {timeout}s: {self.log_tail()}")
 
-    def stop(self) -> None:
-        """SIGTERM the server's process group (it forks workers), SIGKILL after 10 s; always reaped."""
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM the server's process group (it forks workers), SIGKILL after 10 s; always reaped.
+        crash=True: SIGKILL at once, as a machine or OOM kill would."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGKILL, 10),) if crash else ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
