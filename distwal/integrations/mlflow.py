@@ -45,7 +45,16 @@ def log_metric(
     dataset: Any = None,
 ) -> None:
     """Log one metric point (mlflow.log_metric); returns once distwal holds it."""
-    _log({"mlflow.metrics": {key: _number(value)}}, step, timestamp)
+    # The training loop's call: kept to one record build and one log() (no helper calls).
+    number = float(value)
+    kept: float | str = number if number - number == 0 else _non_finite(number)  # inf - inf, nan - nan: nan
+    record: dict[str, Any] = {"mlflow.metrics": {key: kept}, "step": 0 if step is None else int(step)}
+    if timestamp is not None:
+        record["ts"] = timestamp / 1000
+    writer = _api._current
+    if writer is None or writer.closed:
+        writer = _api.init()
+    writer.log(record)
 
 
 def log_metrics(
@@ -91,7 +100,9 @@ def _log(record: dict[str, Any], step: int | None, timestamp: int | None) -> Non
 
 def _number(value: Any) -> float | str:
     number = float(value)
-    if math.isfinite(number):
-        return number
+    return number if math.isfinite(number) else _non_finite(number)
+
+
+def _non_finite(number: float) -> str:
     # The project's value rule: non-finite floats travel as their proto3 JSON spelling.
     return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
