@@ -142,6 +142,13 @@ class MLflowSink(Sink):
             self._forget()
             raise SinkUnavailable(f"{self._api.where}: {exc}; finding the runs again") from None
 
+    def check(self) -> None:
+        """Reach the server and ask for the experiment (absent is fine: it is created on first
+        write): SinkUnavailable when unreachable, SinkPaused when it refuses the token or the
+        URL is not an MLflow tracking server. Stores nothing."""
+        self._api.call("GET", "experiments/get-by-name", params={"experiment_name": self.experiment_name},
+                       missing_ok=True)
+
     def writer_done(self, writer: str, meta: Mapping[str, Any], end: Mapping[str, Any] | None) -> None:
         reason = (end or {}).get("reason", "finished")
         status = END_STATUS.get(reason if isinstance(reason, str) else "", "FINISHED")

@@ -517,6 +517,28 @@ def test_an_invalid_parameter_outside_log_batch_pauses_instead_of_refusing_recor
         sink.close()
 
 
+@pytest.mark.process
+@pytest.mark.timeout(timeout_for(60))
+def test_check_passes_against_the_server_and_stores_nothing(mlflow_server):
+    exp = fresh()
+    sink = sink_for(mlflow_server, exp)
+    try:
+        sink.check()
+    finally:
+        sink.close()
+    assert mlflow_server.experiment_id(exp) is None
+
+
+def test_check_of_a_server_refusing_the_token_is_SinkPaused(fake_mlflow):
+    fake_mlflow.plan = staticmethod(lambda path: (401, {"error_code": "UNAUTHENTICATED", "message": "who?"}))
+    sink = MLflowSink(fake_mlflow.url, token=TOKEN)
+    try:
+        with pytest.raises(SinkPaused):
+            sink.check()
+    finally:
+        sink.close()
+
+
 def test_connection_refused_is_SinkUnavailable():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -525,5 +547,7 @@ def test_connection_refused_is_SinkUnavailable():
     try:
         with pytest.raises(SinkUnavailable):
             sink.write(batch(numbered("writer-a", 1, 1)))
+        with pytest.raises(SinkUnavailable):
+            sink.check()
     finally:
         sink.close()
