@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/distwal run --dir $(DEMO_DIR) -- $(BIN)/python examples/demo_job.py --ranks 4 --steps 5000
 	$(BIN)/distwal status $(DEMO_DIR)
 	$(BIN)/python examples/readback.py $(DEMO_DIR)
+	$(BIN)/distwal read $(DEMO_DIR) --rank 1 | tail -n 2   # the SIGKILLed rank's last delivered records
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

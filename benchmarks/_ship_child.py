@@ -200,8 +200,9 @@ def role_discard() -> None:
 # -- leading ------------------------------------------------------------------------------------------
 
 
-def lead(root: str, url: str, compress: bool = True) -> tuple[Any, Any]:
-    """Take leadership of `root` as `distwal drain` does; a Sender with HTTPSink(url, compress)."""
+def lead(root: str, url: str, compress: bool = True, sink: Any = None) -> tuple[Any, Any]:
+    """Take leadership of `root` as `distwal drain` does; a Sender with HTTPSink(url, compress)
+    (or with `sink`, for benchmarks of other sinks)."""
     from distwal._config import Config
     from distwal._election import LeaseKeeper
     from distwal._layout import Identity, Modes, ensure_domain
@@ -223,7 +224,8 @@ def lead(root: str, url: str, compress: bool = True) -> tuple[Any, Any]:
         time.sleep(0.1)
     lease = LeaseKeeper(root, elector.epoch, owner, config.lease_s, modes)
     judge = LivenessJudge(identity, config.lease_s)
-    sender = Sender(root, HTTPSink(url, compress=compress), url, lease, judge, domain, modes)
+    sink = sink if sink is not None else HTTPSink(url, compress=compress)
+    sender = Sender(root, sink, url, lease, judge, domain, modes)
     return sender, elector
 
 

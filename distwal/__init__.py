@@ -18,8 +18,14 @@ from ._exceptions import (
     LayoutError,
     LeaderTimeout,
     SinkError,
+    SinkPaused,
+    SinkRejected,
+    SinkTooLarge,
+    SinkUnavailable,
+    StaleEpoch,
 )
 from ._handler import LoggingHandler
+from ._readback import read
 from ._status import status
 from ._writer import Writer
 
@@ -34,6 +40,11 @@ __all__ = [
     "LeaderTimeout",
     "LoggingHandler",
     "SinkError",
+    "SinkPaused",
+    "SinkRejected",
+    "SinkTooLarge",
+    "SinkUnavailable",
+    "StaleEpoch",
     "Writer",
     "__version__",
     "current",
@@ -41,5 +52,6 @@ __all__ = [
     "flush",
     "init",
     "log",
+    "read",
     "status",
 ]

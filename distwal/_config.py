@@ -7,6 +7,7 @@ Every bad value raises ConfigError with one line that names it and the fix.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -20,6 +21,7 @@ ENV_DURABILITY = "DISTWAL_DURABILITY"
 ENV_DISABLE_SENDER = "DISTWAL_DISABLE_SENDER"
 ENV_RUN_ID = "DISTWAL_RUN_ID"
 ENV_TOKEN = "DISTWAL_TOKEN"  # read by HTTP sinks at use time; never stored in a Config
+ENV_SERVICE_NAME = "DISTWAL_SERVICE_NAME"  # the OTLP sink's service.name resource attribute
 ENV_LEASE_S = "DISTWAL_LEASE_S"
 ENV_EXIT_TIMEOUT = "DISTWAL_EXIT_TIMEOUT"
 ENV_MAX_PENDING_BYTES = "DISTWAL_MAX_PENDING_BYTES"
@@ -39,8 +41,15 @@ DEFAULT_ON_FULL = "block"
 
 DURABILITY_MODES = ("sync", "interval", "none")
 ON_FULL_POLICIES = ("block", "drop", "raise")
-SINK_SCHEMES: tuple[str, ...] = ("http", "https", "sqlite", "jsonl")
-SINK_SCHEMES += ("mlflow+http", "mlflow+https")
+SINK_SCHEMES = ("http", "https", "sqlite", "jsonl", "otlp+http", "otlp+https", "postgresql", "postgres",
+                "mlflow+http", "mlflow+https")
+# Sinks whose client library is an optional extra: scheme -> (module, package, extra).
+_SINK_EXTRAS = {
+    "otlp+http": ("opentelemetry.proto", "opentelemetry-proto", "otlp"),
+    "otlp+https": ("opentelemetry.proto", "opentelemetry-proto", "otlp"),
+    "postgresql": ("psycopg", "psycopg", "postgres"),
+    "postgres": ("psycopg", "psycopg", "postgres"),
+}
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,13 @@ class Config:
         if scheme not in SINK_SCHEMES:
             raise ConfigError(
                 f"{ENV_SINK} (or sink=) {_redact(self.sink)!r} is not a URL distwal can send to: use "
-                "http(s)://..., sqlite:///path/to.db or jsonl:///path/to/file.jsonl"
+                "http(s)://..., sqlite:///path/to.db, jsonl:///path/to/file.jsonl, otlp+http(s)://host:4318/v1/logs, "
+                "postgresql://host/db or mlflow+http(s)://host:5000"
             )
+        extra = _SINK_EXTRAS.get(scheme)
+        if extra is not None and not _installed(extra[0]):
+            module, package, name = extra
+            raise ConfigError(f"{ENV_SINK} {_redact(self.sink)!r} needs the {package} package: pip install 'distwal[{name}]'")
         for name in ("interval", "heartbeat_interval", "lease_s", "exit_timeout"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
@@ -181,9 +195,62 @@ def _number(env: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
     return value
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+# Query parameters that hold a secret in some sink's URL (libpq's password=, a signed URL's
+# sig=, an API's token=...). Compared in lower case; names containing one of _SECRET_PARTS count too.
+_SECRET_PARAMS = frozenset({"pass", "pwd", "sig", "key", "apikey", "api_key", "auth", "authorization", "code"})
+_SECRET_PARTS = ("password", "passwd", "token", "secret", "signature", "credential")
+
+
+def _is_secret_param(name: str) -> bool:
+    name = name.lower()
+    return name in _SECRET_PARAMS or any(part in name for part in _SECRET_PARTS)
+
+
+def _split_secrets(url: str, mask: str | None) -> str:
+    """`url` with its password (user info) and secret query parameters masked, or removed if mask is None."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        # A database role name is no secret (and libpq needs it to find ~/.pgpass); elsewhere
+        # the user part may itself be a token, so all of it goes.
+        if scheme.lower() not in ("postgresql", "postgres") or not user:
+            user = ""
+        if mask is None:
+            netloc = f"{user}@{host}" if user else host
+        else:
+            netloc = f"{user}:{mask}@{host}" if user and has_password else f"{user or mask}@{host}"
+    if "?" in tail:
+        path, query = tail.split("?", 1)
+        query, hash_mark, fragment = query.partition("#")
+        kept = []
+        for pair in query.split("&"):
+            name = pair.split("=", 1)[0]
+            if not _is_secret_param(name):
+                kept.append(pair)
+            elif mask is not None:
+                kept.append(f"{name}={mask}")
+        tail = path + ("?" + "&".join(kept) if kept else "") + hash_mark + fragment
+    return f"{scheme}://{netloc}{tail}"
+
+
+def public_url(url: str) -> str:
+    """The URL with its secrets removed (a password, token=..., password=...): what may be written
+    to the directory and compared with another process's sink."""
+    return _split_secrets(url, None)
+
+
 def _redact(url: str) -> str:
-    """A URL fit for a message: user info (which may hold a secret) removed."""
-    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """A URL fit for a message, a log line or status: its secrets replaced by ***."""
+    return _split_secrets(url, "***")

@@ -31,6 +31,7 @@ import portalocker
 from portalocker.portalocker import LockfLocker
 
 from . import _layout
+from ._config import public_url
 from ._exceptions import LayoutError
 from ._layout import Modes
 
@@ -179,14 +180,22 @@ def recorded_sink(root: str) -> str | None:
 
 
 def record_sink(root: str, sink: str, modes: Modes) -> str:
-    """Record `sink` as the directory's sink unless one is recorded; return the recorded one."""
+    """Record `sink` as the directory's sink unless one is recorded; return the recorded one.
+
+    What is written and compared is the URL without its secrets (a password, token=...): the
+    directory is shared, maybe group-readable, and the same sink reached with another
+    password is the same sink. When they match, `sink` itself is returned (with its secrets,
+    which the caller needs to connect).
+    """
+    public = public_url(sink)
     fd = _layout.open_dir(root)
     try:
-        _layout.create_once(fd, SINK, orjson.dumps({"sink": sink, "ts": time.time()}), modes)
+        _layout.create_once(fd, SINK, orjson.dumps({"sink": public, "ts": time.time()}), modes)
         found = _layout.read_json(fd, SINK)
     finally:
         os.close(fd)
-    return str(found["sink"]) if isinstance(found, dict) and "sink" in found else sink
+    recorded = str(found["sink"]) if isinstance(found, dict) and "sink" in found else public
+    return sink if public_url(recorded) == public else recorded
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 - atexit, and multiprocessing's (and multiprocess's) finalizers: pool workers leave
   through os._exit, where only their finalizers run. Each finishes the writers with
-  DISTWAL_EXIT_TIMEOUT, so no exit hangs.
+  DISTWAL_EXIT_TIMEOUT, so no exit hangs, and writes how the process ended (see _ends).
 - SIGTERM (torchrun's way of stopping the survivors of a failed rank): make everything
   durable within about a second, then the previous handler or the default action. The
   handler runs even when the main thread is blocked in a wait (see _signals).
@@ -19,6 +19,7 @@ import sys
 import threading
 from typing import Any
 
+from ._ends import notes
 from ._signals import SigtermWatch
 
 _SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
@@ -49,6 +50,7 @@ class Hooks:
         if writer not in self.writers:
             self.writers.append(writer)
         self._install_sigterm()
+        notes.install()
         # Pool workers leave through os._exit: atexit never runs there, their finalizers do.
         for name in ("multiprocessing.util", "multiprocess.util"):
             util = sys.modules.get(name)
@@ -61,8 +63,11 @@ class Hooks:
             self.writers.remove(writer)
 
     def at_exit(self) -> None:
+        if not self.writers:
+            return
+        end = notes.end_at_exit()  # how the process ends: the finish marks say it
         for writer in list(self.writers):
-            writer.finish(timeout=writer.config.exit_timeout)
+            writer._finish(writer.config.exit_timeout, end)
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -85,8 +90,17 @@ class Hooks:
                 return  # let log() finish; the flusher raises the signal again after writing
         previous = self._previous_sigterm
         if callable(previous):
-            previous(signum, frame)
+            try:
+                previous(signum, frame)
+            except BaseException:
+                notes.note_signal(signum)  # the handler ends the process by raising (sys.exit, ...)
+                raise
         elif previous != signal.SIG_IGN:
+            # The default action ends the process without atexit: the finish marks are
+            # written here, or the writers would look lost.
+            notes.note_signal(signum)
+            for writer in list(self.writers):
+                writer._end_now(notes.first, _SIGTERM_GRACE)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -104,6 +118,7 @@ class Hooks:
         self._watch.after_fork_in_child()
         signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
         self._finalizers.clear()
+        notes.after_fork_in_child()
         for writer in self.writers:
             writer._after_fork_in_child()
 

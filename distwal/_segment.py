@@ -225,6 +225,34 @@ def last_seq_on_disk(dir_fd: int, segment: int = 0, offset: int = 0, *, writer: 
     return last
 
 
+def last_ts_on_disk(dir_fd: int, *, writer: int) -> float | None:
+    """When the last whole record on disk was logged (unix time), or None when there is none.
+
+    Reads the headers of the last segment, then the one body that holds the last record:
+    for status and the sender, which ask it only of writers that ended without a word.
+    """
+    segments = list_segments(dir_fd)
+    for _index, name in reversed(segments):
+        fd = open_segment(dir_fd, name)
+        if fd is None:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            pos, last = 0, None
+            while pos + HEADER_SIZE <= size:
+                header = parse_header(os.pread(fd, HEADER_SIZE, pos), writer)
+                if header is None or pos + HEADER_SIZE + header.body_len > size:
+                    break
+                last = pos
+                pos += HEADER_SIZE + header.body_len
+            block = _read_block(fd, writer, 0, last, size) if last is not None else None
+        finally:
+            os.close(fd)
+        if block is not None and len(block.ts):
+            return float(block.ts[-1])
+    return None
+
+
 def list_segments(dir_fd: int) -> list[tuple[int, str]]:
     """(index, name) of every segment in a writer folder, in order; other names are ignored."""
     found = []

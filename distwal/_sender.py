@@ -22,6 +22,7 @@ import orjson
 from . import _layout
 from ._cursor import Position, read_cursors, write_cursors
 from ._election import LeaseKeeper
+from ._ends import last_sign_of_life, writer_end
 from ._exceptions import SinkError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes, int_field
 from ._liveness import LivenessJudge
@@ -500,8 +501,9 @@ class Sender:
             self._remove(t)
 
     def _remove(self, t: Tracked) -> None:
+        end = _end_of(t)
         try:
-            self.sink.writer_done(t.id, t.files.meta or {}, _end_of(t))
+            self.sink.writer_done(t.id, t.files.meta or {}, end)
         except SinkError as exc:
             logger.warning("distwal: sink could not close writer %s, retrying later: %s", t.id, exc)
             return
@@ -511,6 +513,7 @@ class Sender:
             "meta": t.files.meta,
             "finish": t.finished,
             "state": "finished" if t.finished is not None else "adopted",
+            "end": end,
             "acked_seq": t.pos.seq,
             "dead_letters": t.pos.dead,
             "quarantined_bytes": t.quarantined,
@@ -548,6 +551,8 @@ class Sender:
             "acked_records": h.acked_records,
             "acked_batches": h.acked_batches,
             "dead_letters": h.dead_letters,
+            # accepted, then reported dropped by the sink (OTLP partial_success): never silent
+            "sink_rejected": self.sink.rejected_records,
             "quarantined_bytes": self.reader.quarantined_bytes,
             "torn_bytes": self.reader.torn_bytes,
             "adopted": h.adopted,
@@ -573,11 +578,9 @@ class Sender:
 
 
 def _end_of(t: Tracked) -> dict[str, Any] | None:
-    """How a retired writer ended: its finish mark's word, else lost (adopted without one)."""
-    if t.finished is not None:
-        end = t.finished.get("end")
-        return end if isinstance(end, dict) else {"reason": "finished"}
-    return {"reason": "lost"}
+    """How a retired writer ended, as status shows it: its finish mark's end, else lost."""
+    return writer_end(t.finished, t.adopted_at is not None,
+                      lambda: last_sign_of_life(t.dir_fd, t.files.tag, t.heartbeat()))
 
 
 def _redact(url: str) -> str:

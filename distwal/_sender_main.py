@@ -19,6 +19,7 @@ import orjson
 from ._config import Config
 from ._layout import Identity
 from ._leader import build_sender
+from ._preflight import check_open_sink
 from ._signals import start_background_thread
 
 _PR_SET_PDEATHSIG = 1
@@ -42,6 +43,11 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     config = Config.load(dir=root)
     sender = build_sender(config, int(epoch), orjson.loads(owner_json), domain, Identity.of_this_process())
+    if int(epoch) == 1:
+        # The directory's first leader: a job started without `distwal run` (which checks before
+        # CMD starts) learns at its first second, not after training, that its sink is wrong.
+        ok, line = check_open_sink(sender.sink, config.sink)
+        logging.getLogger("distwal").log(logging.INFO if ok else logging.WARNING, "distwal: %s", line)
     stop = threading.Event()
     deadline: list[float | None] = [None]
 

@@ -1,4 +1,4 @@
-"""The reference ingest server behind `distwal serve`: protocol v1 into SQLite.
+"""The reference ingest server behind `distwal serve`: protocol v1 into SQLite or PostgreSQL.
 
 Built on the standard library's ThreadingHTTPServer speaking HTTP/1.1 (keep-alive),
 which is all a loopback or LAN reference peer needs and adds no dependency. It
@@ -6,6 +6,10 @@ deduplicates on (writer, seq), rejects stale epochs per domain with 409, refuses
 holding a malformed envelope with 422 (senders bisect to it), and checks the bearer token
 when one is configured. Every request is logged in the `requests` table (epoch, domain,
 start and end times, status), so tests can prove that two leaders never overlapped.
+
+With `db` a postgresql:// URL the records go into the PostgreSQL sink's table instead
+(sinks/postgres.py), fence included: several servers on one database dedupe and fence
+together, because both live in the database. No request log is kept there.
 
 Subclass IngestServer and override handle_batch() to inject faults.
 """
@@ -21,13 +25,13 @@ import threading
 import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 
-from ._exceptions import SinkUnavailable, StaleEpoch
+from ._exceptions import SinkPaused, SinkRejected, SinkUnavailable, StaleEpoch
 from ._signals import start_background_thread
-from .sinks.sqlite import RecordStore
+from .sinks.sqlite import RecordStore, Row
 
 logger = logging.getLogger("distwal")
 
@@ -48,14 +52,21 @@ class IngestServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, db_path: str, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
-        self.store = RecordStore(db_path)
+        self.store: RecordStore | PostgresRows
         self.token = token
         self._log_lock = threading.Lock()
-        self._log_db: sqlite3.Connection | None = sqlite3.connect(
-            self.store.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._log_db.executescript(_REQUESTS_SCHEMA)
-        super().__init__((host, port), _Handler)
+        self._log_db: sqlite3.Connection | None = None
+        if is_postgres_url(db_path):
+            self.store = PostgresRows(db_path)
+        else:
+            self.store = RecordStore(db_path)
+            self._log_db = sqlite3.connect(self.store.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._log_db.executescript(_REQUESTS_SCHEMA)
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError:
+            self.store.close()
+            raise
 
     @property
     def url(self) -> str:
@@ -83,13 +94,17 @@ class IngestServer(ThreadingHTTPServer):
         rows, error = _parse(body)
         if error is not None:
             return _reply(422, error)
+        if not rows:  # a probe (Sink.check): address and token are fine; nothing to store or fence
+            return 200, {"Content-Type": "application/json"}, orjson.dumps({"accepted": 0, "new": 0})
         started = time.time()
         try:
             new = self.store.write(domain, epoch, rows)
         except StaleEpoch as exc:
             self._log(started, domain, epoch, len(rows), 0, 409)
             return _reply(409, str(exc))
-        except SinkUnavailable as exc:
+        except SinkRejected as exc:
+            return _reply(422, str(exc))
+        except (SinkUnavailable, SinkPaused) as exc:  # the database is down or refuses us: not the sender's fault
             return 503, {"Retry-After": "1", "Content-Type": "application/json"}, orjson.dumps({"error": str(exc)})
         self._log(started, domain, epoch, len(rows), new, 200)
         return 200, {"Content-Type": "application/json"}, orjson.dumps({"accepted": len(rows), "new": new})
@@ -112,6 +127,32 @@ class IngestServer(ThreadingHTTPServer):
             if self._log_db is not None:
                 self._log_db.close()
                 self._log_db = None
+
+
+def is_postgres_url(db: str) -> bool:
+    return db.split("://", 1)[0].lower() in ("postgresql", "postgres") and "://" in db
+
+
+class PostgresRows:
+    """The PostgreSQL table behind `serve --db postgresql://...`, with the SQLite store's interface."""
+
+    def __init__(self, url: str) -> None:
+        from .sinks.postgres import PostgresStore
+
+        self.pg = PostgresStore(url)
+        self.path = self.pg.where  # for messages: no password
+
+    def write(self, domain: str, epoch: int, rows: Iterable[Row]) -> int:
+        from .sinks.postgres import rows_payload
+
+        payload = rows_payload(epoch, rows)
+        return self.pg.write(domain, epoch, lambda: (payload,))
+
+    def count(self) -> int:
+        return self.pg.count()
+
+    def close(self) -> None:
+        self.pg.close()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -4,7 +4,10 @@ Works during a job and after it, on a directory of any age. The result is plain 
 (the schema of `distwal status --json`, documented in docs/STATUS.md):
 
     {"dir", "domain", "now", "sink", "leader", "sender", "writers": [...], "history": [...],
-     "dead_letters", "quarantined_bytes", "totals"}
+     "first_failure", "runs", "dead_letters", "quarantined_bytes", "totals"}
+
+Every writer row carries "end" (how it ended, null while it runs: see _ends), and
+"first_failure" names the earliest-ending writer that did not finish.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from . import _layout
 from ._config import _redact
 from ._cursor import Position, read_cursors
 from ._election import read_lease, recorded_sink
+from ._ends import LOST_DETAIL, first_failure, folder_last_sign, make_end, recorded_end, writer_end
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity, int_field
 from ._liveness import probe_process
 from ._scan import WriterFiles, load_writer
 from ._segment import last_seq_on_disk
 
 
-def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Per-writer status of a distwal directory, as plain data (see the module docstring)."""
+def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any]:
+    """Per-writer status of a distwal directory, as plain data (see the module docstring).
+
+    With `run`, only the writers of that run id (rows, totals and first_failure alike).
+    """
     root = os.path.abspath(os.fspath(dir))
     if not os.path.isdir(os.path.join(root, _layout.WRITERS)):
         from ._exceptions import LayoutError
@@ -42,6 +49,10 @@ def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
         for files in _folders(os.path.join(root, sub)):
             writers.append(_writer_row(files, book.get(files.id, Position()), adopted, now, me, lease_s))
     history = [_history_row(t) for t in _tombstones(root)]
+    runs = sorted({str(row["run"]) for row in writers + history if row["run"] is not None})
+    if run is not None:
+        writers = [w for w in writers if w["run"] == run]
+        history = [h for h in history if h["run"] == run]
     dead_letters = _count_lines(os.path.join(root, DEADLETTERS))
     leader = None
     if lease is not None:
@@ -64,6 +75,8 @@ def status(dir: str | os.PathLike[str]) -> dict[str, Any]:
         "sender": health,
         "writers": writers,
         "history": history,
+        "first_failure": first_failure(writers + history),
+        "runs": runs,  # every run id in the directory (also with `run`)
         "dead_letters": dead_letters,
         "quarantined_bytes": _dir_bytes(os.path.join(root, QUARANTINE)),
         "totals": {
@@ -111,6 +124,9 @@ def _writer_row(
         "heartbeat_age": age,
         "error": beat.get("error"),
         "started": meta.get("started"),
+        # null while it runs; "stale" (another host, silent for a lease) is not proof of death yet
+        "end": writer_end(finish, state in ("adopted", "dead"),
+                          lambda: folder_last_sign(files.path, files.tag, files.heartbeat)),
     }
 
 
@@ -152,7 +168,18 @@ def _history_row(tomb: dict[str, Any]) -> dict[str, Any]:
         "acked_seq": int_field(tomb.get("acked_seq")),
         "dead_letters": int_field(tomb.get("dead_letters")),
         "removed": tomb.get("removed"),
+        "end": _tombstone_end(tomb, finish),
     }
+
+
+def _tombstone_end(tomb: dict[str, Any], finish: dict[str, Any]) -> dict[str, Any]:
+    """The end the leader wrote in the tombstone; older tombstones carry none."""
+    end = tomb.get("end")
+    if isinstance(end, dict):
+        return recorded_end({"end": end})
+    if tomb.get("state") == "adopted":
+        return make_end("lost", LOST_DETAIL, ts=None)
+    return recorded_end(finish)
 
 
 def _folders(parent: str) -> list[WriterFiles]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import math
 import os
 import select
 import signal
@@ -24,6 +25,7 @@ import orjson
 
 from . import _layout
 from ._config import Config
+from ._ends import end_in_flight, make_end
 from ._exceptions import ClosedError, FullError
 from ._hooks import hooks
 from ._layout import Identity, Modes
@@ -45,7 +47,41 @@ def _default(obj: Any) -> Any:
     # Called by orjson only for types it does not know, so it costs nothing on the hot path.
     if isinstance(obj, Mapping):
         return dict(obj)
+    # Tensors (torch, or anything array-like with .item()/.tolist()) without importing them:
+    # a 0-d one is a number; anything larger needs the caller's decision (issue 9).
+    shape = getattr(obj, "shape", None)
+    if shape is not None and hasattr(obj, "item"):
+        if len(shape) == 0:
+            return obj.item()
+        raise TypeError(
+            f"cannot log a {type(obj).__name__} of shape {tuple(shape)}: log a number with .item() "
+            "or a list with .tolist()"
+        )
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+# NaN and infinities: JSON has no spelling for them and orjson writes null. distwal keeps them
+# as the strings of the proto3 JSON mapping for doubles, which MLflow and OTLP/JSON read back
+# as floats (README, "Values"). Only a record whose JSON holds "null" is walked.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _keep_non_finite(value: Any) -> Any:
+    """`value` with every NaN/Infinity float replaced by its string; the same object if none."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NON_FINITE[repr(float(value))]
+    if isinstance(value, Mapping):
+        items = {k: _keep_non_finite(v) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else items
+    if isinstance(value, (list, tuple)):
+        kept = [_keep_non_finite(v) for v in value]
+        return value if all(a is b for a, b in zip(kept, value)) else kept
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy scalars and arrays, 0-d tensors
+        if getattr(value.dtype, "kind", "f") == "f":  # numpy's float kind; torch dtypes have no kind
+            plain = value.tolist()
+            kept = _keep_non_finite(plain)
+            return value if kept is plain else kept
+    return value
 
 
 class Writer:
@@ -95,6 +131,7 @@ class Writer:
         self._durable_at = (0, 0)  # (segment, offset) just past the last durable block
         self._dropped = 0
         self._closed = False
+        self._marked = False  # the finish mark is written
         self._bind_log()
         self._stopping = False
         self._last_error: str | None = None
@@ -209,7 +246,16 @@ class Writer:
 
     def log(self, record: Mapping[str, Any], _dumps: Any = orjson.dumps, _now: Any = time.time) -> int:
         """Append `record`; return its seq (0 if dropped under on_full="drop")."""
-        data = _dumps(record, _default, _OPTS)
+        try:
+            data = _dumps(record, _default, _OPTS)
+        except TypeError as exc:  # orjson wraps what _default raised: show the hint, not the wrapper
+            raise (exc.__cause__ if isinstance(exc.__cause__, TypeError) else exc) from None
+        # orjson writes NaN and infinities as null. A byte test first (memchr, about 20 ns):
+        # most metric records hold no "u" at all, so they never pay for the substring search.
+        if 0x75 in data and b"null" in data:  # 0x75: "u"
+            kept = _keep_non_finite(record)
+            if kept is not record:
+                data = _dumps(kept, _default, _OPTS)
         if len(data) > self._max_record or data[0] != 0x7B:  # 0x7B: "{"
             self._refuse(data)
         lock = self._lock
@@ -323,8 +369,13 @@ class Writer:
         """Stop accepting records, make everything durable, write the finish mark.
 
         Returns True when every logged record is durable and the mark is written.
-        Idempotent; never hangs past `timeout`.
+        Idempotent; never hangs past `timeout`. The mark says the writer finished, or,
+        called while an exception is being raised (a `finally:` block), that exception.
         """
+        return self._finish(timeout, end_in_flight() or make_end("finished", "finish()"))
+
+    def _finish(self, timeout: float, end: dict[str, Any]) -> bool:
+        """finish(), writing `end` (how the process ends, at exit) in the finish mark."""
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
@@ -345,7 +396,7 @@ class Writer:
                 self._close_wake_pipe()
         ok = durable and self._durable_seq >= target
         try:
-            self._write_finish_mark(lost=target - self._durable_seq)
+            self._write_finish_mark(lost=target - self._durable_seq, end=end)
             self._write_heartbeat("finished")
         except OSError as exc:
             logger.error("distwal: cannot write the finish mark of %s: %s", self.id, exc)
@@ -574,7 +625,7 @@ class Writer:
         }
         _layout.write_atomic(self._dir_fd, _layout.HEARTBEAT, orjson.dumps(beat), self._modes, durable=False)
 
-    def _write_finish_mark(self, lost: int) -> None:
+    def _write_finish_mark(self, lost: int, end: dict[str, Any]) -> None:
         segment, offset = self._durable_at
         mark = {
             "seq": self._durable_seq,
@@ -582,9 +633,11 @@ class Writer:
             "offset": offset,
             "ts": time.time(),
             "dropped": self._dropped,
-            "lost": lost,
+            "lost": lost,  # records logged but not durable at the finish
+            "end": end,  # how the process ended (see _ends)
         }
         _layout.write_atomic(self._dir_fd, _layout.FINISH, orjson.dumps(mark), self._modes)
+        self._marked = True
 
     # -- process events -----------------------------------------------------------------
 
@@ -629,6 +682,31 @@ class Writer:
         while self._durable_seq < target and not self._stopped() and time.monotonic() < deadline:
             time.sleep(0.002)
         return True
+
+    def _end_now(self, end: dict[str, Any] | None, grace: float) -> None:
+        """From the SIGTERM handler, just before the default action ends the process (no
+        atexit will run): accept no more records, wait briefly for durability, write the
+        finish mark with `end`. Takes the buffer lock only if it is free within _LOCK_PROBE.
+        """
+        if end is None or self._dir_fd < 0 or self._marked or not self._lock.acquire(timeout=_LOCK_PROBE):
+            return
+        try:
+            # Closed already: the signal interrupted finish() (a pool worker at its exit)
+            # before it wrote the mark; the process ends here, so the mark is written here.
+            self._closed = True
+            self._room = -1
+            target = self._seq
+        finally:
+            self._lock.release()
+        self._poke()
+        deadline = time.monotonic() + grace
+        while self._durable_seq < target and not self._stopped() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        try:
+            self._write_finish_mark(lost=target - self._durable_seq, end=end)
+            self._write_heartbeat("finished")
+        except OSError as exc:
+            logger.error("distwal: cannot write the finish mark of %s: %s", self.id, exc)
 
     def _close_wake_pipe(self) -> None:
         for fd in (self._wake_r, self._wake_w):

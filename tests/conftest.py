@@ -79,6 +79,17 @@ def umask() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A real PostgreSQL server (Debian's initdb/pg_ctl) shared by the session: helpers/postgres.py."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from helpers.postgres import running_server
+
+    yield from running_server()
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real `mlflow server` (PyPI mlflow in .venv-mlflow, SQLite store, 127.0.0.1), one per session."""
     import sys

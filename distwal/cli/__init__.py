@@ -16,6 +16,8 @@ COMMANDS = {
     "drain": "take leadership and deliver everything logged so far",
     "serve": "the reference ingest server (protocol v1, SQLite-backed)",
     "cat": "print the envelopes on disk as JSON lines",
+    "read": "print the delivered records, read back from the sink",
+    "gc": "remove the history (tombstones) of delivered writers",
 }
 
 USAGE = "usage: distwal <command> [options]\n\ncommands:\n" + "".join(

@@ -11,6 +11,7 @@ import heapq
 import sys
 from typing import Iterator
 
+from .._exceptions import DistwalError
 from .._scan import WriterFiles, iter_envelopes, list_writers
 from .._segment import Damage
 from ._common import resolve_dir
@@ -23,7 +24,8 @@ def run(args: list[str]) -> int:
     parser.add_argument("--merge", action="store_true", help="interleave all writers by time")
     opts = parser.parse_args(args)
 
-    writers = list_writers(resolve_dir(opts.dir))
+    root = resolve_dir(opts.dir)
+    writers = list_writers(root)
     if opts.writer:
         wanted = set(opts.writer)
         writers = [w for w in writers if w.id in wanted]
@@ -38,9 +40,13 @@ def run(args: list[str]) -> int:
     else:
         lines = (env for stream in streams for _, env in stream)
     out = sys.stdout.buffer
+    written = 0
     for envelope in lines:
         out.write(envelope + b"\n")
+        written += 1
     out.flush()
+    if not written and not opts.writer:
+        _say_where_records_went(root)
     for writer_id, span in damage:
         kind = "unreadable tail" if span.at_tail else "corrupt span"
         print(
@@ -57,3 +63,16 @@ def _tagged(writer: WriterFiles, damage: list[tuple[str, Damage]]) -> Iterator[t
     for _seq, ts, envelope in iter_envelopes(writer, spans):
         yield ts, envelope
     damage.extend((writer.id, span) for span in spans)
+
+
+def _say_where_records_went(root: str) -> None:
+    """Nothing on disk: say where delivered records are, and how to read them (issue 9)."""
+    from .._config import _redact
+    from .._readback import sink_of
+
+    try:
+        sink = _redact(sink_of(root)[1])
+    except DistwalError:
+        return
+    print(f"distwal cat: no undelivered records on disk in {root}; delivered ones are in {sink}: "
+          f"distwal read {root}", file=sys.stderr)

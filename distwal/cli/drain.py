@@ -2,19 +2,25 @@
 
 Takes leadership (waiting for it), notes each writer's last durable seq, adopts dead
 writers (never live ones), and sends. Exit 0 once everything up to those marks is
-acknowledged, 1 at the timeout.
+acknowledged, 1 at the timeout. Without --sink and DISTWAL_SINK it sends to the sink the
+directory recorded; a sink that contradicts it is a usage error at once (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from typing import Any
 
-from .._config import Config
-from .._election import LeaseWatch, release_lease
+from .._config import ENV_SINK, Config, _redact
+from .._election import read_lease, recorded_sink, release_lease
+from .._exceptions import ConfigError
 from .._layout import Identity, Modes, check_dir, ensure_domain
 from .._leader import Elector, build_sender, owner_of
+from .._preflight import check_sink
+from ..launch.run import delivery_line
 from ._common import require_run_dir, resolve_dir
 
 POLL = 0.2  # seconds between attempts to take leadership
@@ -23,25 +29,40 @@ POLL = 0.2  # seconds between attempts to take leadership
 def run(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="distwal drain", description=__doc__.splitlines()[0])
     parser.add_argument("dir", nargs="?", help="the distwal directory (default: $DISTWAL_DIR or ./.distwal)")
-    parser.add_argument("--sink", help="sink URL (default: $DISTWAL_SINK, else the directory's SQLite file)")
+    parser.add_argument("--sink", help="sink URL; must match the one the directory recorded (default: $DISTWAL_SINK, "
+                        "else the recorded sink, else the directory's SQLite file)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up (default 300)")
     opts = parser.parse_args(args)
 
     root = require_run_dir(resolve_dir(opts.dir))
     check_dir(root)
-    config = Config.load(dir=root, sink=opts.sink)
+    config = Config.load(dir=root, sink=sink_for(root, opts.sink))
     domain = ensure_domain(root, Modes.for_config(config.shared_group))
     identity = Identity.of_this_process()
     owner = owner_of(identity, "drain")
     elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
     deadline = time.monotonic() + opts.timeout
-    waiting = LeaseWatch(root, config.lease_s)
+    announced = False
     while not elector.acquire():
+        recorded = recorded_sink(root)
+        if recorded is not None and recorded != config.sink:  # recorded by a leader since we looked
+            raise ConfigError(_contradiction(root, recorded, config.sink))
+        leader = _live_leader(root)
+        if leader and not announced:
+            print(f"distwal drain: waiting for {leader} to end its lease", file=sys.stderr)
+            announced = True
         if time.monotonic() >= deadline:
-            print(f"distwal drain: another process leads {root} (lease moving for {waiting.silent_for():.0f}s "
-                  "without a change counted); stop it or wait, then retry", file=sys.stderr)
+            if leader:
+                print(f"distwal drain: another process leads {root}: {leader}, still after {opts.timeout:.0f}s; "
+                      "stop it or let it finish, then retry", file=sys.stderr)
+            else:
+                print(f"distwal drain: could not take leadership of {root} within {opts.timeout:.0f}s "
+                      "(no lease is held: see `distwal status` and the log above)", file=sys.stderr)
             return 1
         time.sleep(POLL)
+    started = time.monotonic()
+    # Only now, as the leader: the SQLite sink is opened by the leader alone.
+    print(f"distwal drain: {check_sink(config.sink)[1]}", file=sys.stderr)
     sender = build_sender(config, elector.epoch, owner, domain, identity)
     try:
         sender._discover()
@@ -54,16 +75,47 @@ def run(args: list[str]) -> int:
                 break  # a pass that found nothing more, and no dead writer left to adopt or remove
             if sender.lease.lost or time.monotonic() >= deadline:
                 reason = sender.lease.lost or f"timeout after {opts.timeout:.0f}s"
+                left = sum(max(0, mark - t.pos.seq) for w, mark in marks.items()
+                           if (t := sender.writers.get(w)) is not None)
                 print(f"distwal drain: not everything was delivered: {reason}; sink state "
-                      f"{sender.health.state}: {sender.health.last_error}", file=sys.stderr)
+                      f"{sender.health.state}: {sender.health.last_error}; {left} records left in {root}, "
+                      f"delivered when the sink takes them: distwal drain {root}", file=sys.stderr)
                 return 1
             if not sent:
                 time.sleep(0.05)
         sender.retire()
-        print(f"distwal drain: delivered; {sender.health.acked_records} records acknowledged, "
-              f"{sender.health.dead_letters} dead letters", file=sys.stderr)
+        state = {"acked_records": sender.health.acked_records, "writers": len(marks)}
+        dead = f", {sender.health.dead_letters} kept as dead letters" if sender.health.dead_letters else ""
+        line = delivery_line(config, True, state, time.monotonic() - started, opts.timeout)
+        print(f"distwal: {line}{dead}", file=sys.stderr)
         return 0
     finally:
         sender.close()
         release_lease(root, elector.epoch, elector.modes)
         elector.lock.release()
+
+
+def sink_for(root: str, given: str | None) -> str | None:
+    """The sink to drain into: --sink, else DISTWAL_SINK, else the one the directory recorded
+    (None: the default). A given sink that contradicts the recorded one is a ConfigError."""
+    recorded = recorded_sink(root)
+    wanted = given or os.environ.get(ENV_SINK) or None
+    if wanted is None:
+        return recorded
+    if recorded is not None and wanted != recorded:
+        raise ConfigError(_contradiction(root, recorded, wanted))
+    return wanted
+
+
+def _contradiction(root: str, recorded: str, wanted: str) -> str:
+    return (f"{root} ships to {_redact(recorded)} (recorded by its first leader), not {_redact(wanted)}: "
+            f"drop --sink and unset {ENV_SINK} to drain into the recorded sink, or use another directory")
+
+
+def _live_leader(root: str) -> str | None:
+    """Who holds the lease now, in words (kind, host, pid, epoch); None when nobody does."""
+    lease: dict[str, Any] | None = read_lease(root)
+    if lease is None or lease.get("released"):
+        return None
+    return (f"{lease.get('kind') or 'a process'} on {lease.get('host')} pid {lease.get('pid')} "
+            f"(epoch {lease.get('epoch')})")

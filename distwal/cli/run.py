@@ -33,10 +33,23 @@ def run(args: list[str]) -> int:
     config = Config.load(dir=opts.dir, sink=opts.sink)
     progress = None if opts.quiet or not sys.stderr.isatty() else _ProgressBar()
     try:
-        return run_command(config, command, opts.drain_timeout, progress)
+        return run_command(config, command, opts.drain_timeout, progress, say=_Say(progress))
     finally:
         if progress is not None:
             progress.close()
+
+
+class _Say:
+    """Prints a `distwal:` line on stderr; the drain's closing line after the progress
+    bar is gone (a transient bar would otherwise erase it)."""
+
+    def __init__(self, progress: _ProgressBar | None) -> None:
+        self._progress = progress
+
+    def __call__(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        print(f"distwal: {line}", file=sys.stderr, flush=True)
 
 
 class _ProgressBar:
@@ -62,3 +75,4 @@ class _ProgressBar:
     def close(self) -> None:
         if self._task is not None:
             self._progress.stop()
+            self._task = None

@@ -13,13 +13,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any, Callable
 
-from .._config import Config
+from .._config import Config, _redact
 from .._layout import Identity, Modes, ensure_domain, prepare_dir
 from .._leader import Elector, ThreadLeadership, build_sender, owner_of
+from .._preflight import check_sink
 
 logger = logging.getLogger("distwal")
 
@@ -51,11 +51,18 @@ def run_command(
     command: list[str],
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    say: Callable[[str], None] = logger.warning,
 ) -> int:
-    """Run `command` as a job whose ranks log into config.dir; return its exit code."""
+    """Run `command` as a job whose ranks log into config.dir; return its exit code.
+
+    `say` gets the lines meant for the user: the sink check before CMD starts, and after
+    the drain what was delivered where, or what is left and the command that finishes it.
+    """
     modes = Modes.for_config(config.shared_group)
     prepare_dir(config.dir, modes)
     domain = ensure_domain(config.dir, modes)
+    ok, line = check_sink(config.sink)
+    say(line if ok else f"{line}; the job starts anyway and its records wait in {config.dir}")
     identity = Identity.of_this_process()
     owner = owner_of(identity, "sidecar")
     elector = Elector(
@@ -72,7 +79,7 @@ def run_command(
         child = subprocess.Popen(command, env=env, start_new_session=True)
     except OSError as exc:
         elector.stop()
-        print(f"distwal run: cannot start {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        say(f"cannot start {command[0]!r}: {exc.strerror}")
         return 127
     previous = {signum: signal.signal(signum, _forward_to(child)) for signum in _FORWARDED}
     try:
@@ -80,11 +87,27 @@ def run_command(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    drained = _drain(elector, drain_timeout, progress)
-    if not drained:
-        print(f"distwal run: not everything was delivered within {drain_timeout:.0f}s; it stays in "
-              f"{config.dir}: run `distwal drain {config.dir}` or `distwal status {config.dir}`", file=sys.stderr)
+    started = time.monotonic()
+    drained, state = _drain(elector, drain_timeout, progress)
+    say(delivery_line(config, drained, state, time.monotonic() - started, drain_timeout))
     return code if code >= 0 else 128 - code
+
+
+def delivery_line(config: Config, drained: bool, state: dict[str, Any], seconds: float, timeout: float) -> str:
+    """After the drain: what was delivered where, or what is left and the command that finishes it."""
+    sink = _redact(config.sink)
+    acked, writers = state.get("acked_records", 0), state.get("writers", 0)
+    if drained:
+        return f"delivered {_count(acked, 'record')} of {_count(writers, 'writer')} to {sink} in {seconds:.1f} s"
+    left = state.get("pending_records")
+    what = f"{left} records" if left else "records"
+    why = f" (sink {state['state']}: {state['last_error']})" if state.get("last_error") else ""
+    return (f"not everything was delivered within {timeout:.0f}s: {what} left in {config.dir}{why}; "
+            f"{acked} delivered to {sink}. Finish with: distwal drain {config.dir}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _forward_to(child: subprocess.Popen[bytes]) -> Callable[[int, Any], None]:
@@ -97,15 +120,19 @@ def _forward_to(child: subprocess.Popen[bytes]) -> Callable[[int, Any], None]:
     return forward
 
 
-def _drain(elector: Elector, timeout: float, progress: Callable[[dict[str, Any]], None] | None) -> bool:
-    """After the job: become the leader if needed, then ship until drained or the timeout."""
+def _drain(
+    elector: Elector, timeout: float, progress: Callable[[dict[str, Any]], None] | None
+) -> tuple[bool, dict[str, Any]]:
+    """After the job: become the leader if needed, then ship until drained or the timeout.
+
+    Returns whether everything was delivered, and the sender's figures for the last line."""
     deadline = time.monotonic() + timeout
     while elector.leadership is None and time.monotonic() < deadline:
         time.sleep(0.1)  # the elector thread contends; the ranks are gone, so it will win
     leadership = elector.leadership
     if not isinstance(leadership, ThreadLeadership):
         elector.stop()
-        return False
+        return False, {}
     sender = leadership.sender
     leadership.request_drain(max(0.0, deadline - time.monotonic()))
     while leadership.alive():
@@ -113,5 +140,7 @@ def _drain(elector: Elector, timeout: float, progress: Callable[[dict[str, Any]]
             progress(sender.progress())
         time.sleep(0.2)
     outcome = leadership.outcome
+    state: dict[str, Any] = {**sender.progress(), "state": sender.health.state, "last_error": sender.health.last_error}
+    state["writers"] = sender.health.retired + state["writers"]  # retired ones are no longer tracked
     elector.stop()
-    return outcome == "drained"
+    return outcome == "drained", state

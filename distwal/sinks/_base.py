@@ -85,15 +85,23 @@ class Sink:
     """
 
     scheme: ClassVar[str] = ""
+    # Records the sink acknowledged yet reported it dropped (OTLP partial_success): they
+    # cannot be resent, so the sender counts them in sender.json and status shows them.
+    rejected_records: int = 0
 
     def write(self, batch: Batch) -> None:
         raise NotImplementedError("The 'write' method must be implemented.")
 
+    def check(self) -> None:
+        """Raise SinkError when the sink cannot take records now: unreachable, refusing our
+        credentials, not writable. Called once before a job starts (`distwal run`, `distwal
+        drain`), never on the sending path; it stores nothing. The default checks nothing."""
+
     def writer_done(self, writer: str, meta: Mapping[str, Any], end: Mapping[str, Any] | None) -> None:
         """Every record of `writer` is acknowledged and it will send no more (finished or adopted).
 
-        `end` is how the writer ended, as status shows it ({"reason": ...} or None when
-        unknown). Sinks that keep per-writer state (an MLflow run) close it here; raising
+        `end` is how the writer ended, as status shows it: {"reason", "detail", "code",
+        "signal", "ts"} (docs/STATUS.md, "How each writer ended"). Sinks that keep per-writer state (an MLflow run) close it here; raising
         SinkError postpones the writer's retirement to a later cycle.
         """
 
@@ -102,7 +110,7 @@ class Sink:
     ) -> Iterator[dict[str, Any]]:
         """The stored records as envelopes (writer, seq, ts, host, pid, rank, run, local_rank,
         attempt, data), ordered by ts, then writer and seq; `since` is a unix time."""
-        raise NotImplementedError(f"records sent to a {self.scheme or type(self).__name__} sink cannot be read back")
+        raise NotImplementedError(f"records sent to {self.scheme or type(self).__name__} sinks cannot be read back")
 
     def close(self) -> None:
         pass

@@ -19,6 +19,7 @@ from .._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailabl
 from ._base import Batch, Sink
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request
+CHECK_TIMEOUT = 5.0  # seconds: a preflight check must not hold a job back
 
 
 class HTTPSink(Sink):
@@ -58,6 +59,20 @@ class HTTPSink(Sink):
             raise SinkUnavailable(f"{self._where()}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise SinkUnavailable(f"{self._where()}: {type(exc).__name__}: {exc}") from None
+        _raise_for(response, self._where(), self._token)
+
+    def check(self) -> None:
+        """POST an empty batch (a probe: no envelopes, epoch 0, nothing stored): any answer but
+        401/403/404, 5xx or 429 shows the address reachable and the token accepted."""
+        headers = {**self._headers, "Distwal-Epoch": "0", "Distwal-Domain": ""}
+        try:
+            response = self._client.post(self.url, content=b"", headers=headers, timeout=CHECK_TIMEOUT)
+        except httpx.TimeoutException:
+            raise SinkUnavailable(f"{self._where()}: no answer within {CHECK_TIMEOUT:.0f}s") from None
+        except httpx.TransportError as exc:
+            raise SinkUnavailable(f"{self._where()}: {type(exc).__name__}: {exc}") from None
+        if response.status_code in (400, 409, 413, 422):
+            return  # it answered and did not refuse us: it only has views on the empty batch
         _raise_for(response, self._where(), self._token)
 
     def _where(self) -> str:

@@ -12,7 +12,10 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import Any, Iterable, Sequence
+import urllib.parse
+from typing import Any, Iterable, Iterator, Sequence
+
+import orjson
 
 from .._exceptions import ConfigError, SinkRejected, SinkUnavailable, StaleEpoch
 from ._base import Batch, Sink
@@ -81,6 +84,19 @@ class RecordStore:
             except sqlite3.Error as exc:
                 raise SinkUnavailable(f"sqlite {self.path}: {exc}") from exc
 
+    def check(self) -> None:
+        """Take the write lock and let it go: proves the file (and its journal's directory)
+        writable without storing anything."""
+        with self._lock:
+            if self._db is None:
+                raise SinkUnavailable(f"sqlite {self.path}: closed")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("CREATE TABLE IF NOT EXISTS _distwal_check (x INTEGER)")
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise SinkUnavailable(f"sqlite {self.path}: not writable: {exc}") from None
+
     def count(self) -> int:
         with self._lock:
             if self._db is None:
@@ -95,6 +111,56 @@ class RecordStore:
                 self._db = None
 
 
+READ_PAGE = 20_000  # rows per read transaction: a reader never holds the writer off for long
+
+
+def read_records(
+    path: str, run: str | None = None, rank: int | None = None, since: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """The records stored in the SQLite file at `path` as envelopes, ordered by ts, writer, seq.
+
+    Read-only, in pages of READ_PAGE rows, each its own short transaction: a reader that
+    holds a lock while its caller works would keep the leader from committing (rollback
+    journal). A missing file holds no records."""
+    if not os.path.exists(path):
+        return
+    where, args = ["1"], list[Any]()
+    for column, value in (("run", run), ("rank", rank)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("ts >= ?")
+        args.append(since)
+    # coalesce: a row without a time (possible in a `distwal serve` store) sorts first, never vanishes
+    query = (f"SELECT {', '.join(COLUMNS)} FROM records WHERE {' AND '.join(where)} "
+             f"AND (coalesce(ts, -1e308), writer, seq) > (?, ?, ?) "
+             f"ORDER BY coalesce(ts, -1e308), writer, seq LIMIT {READ_PAGE}")
+    after: tuple[Any, ...] = (-float("inf"), "", 0)
+    # A URI, for mode=ro: one leading slash (a path may come as //abs from sqlite:////abs), quoted.
+    uri = "file:" + urllib.parse.quote("/" + os.path.abspath(path).lstrip("/")) + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise SinkUnavailable(f"sqlite {path}: cannot open: {exc}") from None
+    try:
+        while True:
+            try:
+                rows = db.execute(query, (*args, *after)).fetchall()
+            except sqlite3.Error as exc:
+                raise SinkUnavailable(f"sqlite {path}: cannot read: {exc}") from None
+            for row in rows:
+                record = dict(zip(COLUMNS, row))
+                record["data"] = orjson.loads(record["data"])
+                yield record
+            if len(rows) < READ_PAGE:
+                return
+            last = rows[-1]
+            after = (-1e308 if last[2] is None else last[2], last[0], last[1])  # ts, writer, seq
+    finally:
+        db.close()
+
+
 class SQLiteSink(Sink):
     """Ship into a local SQLite file (the default: <DISTWAL_DIR>/collected.db)."""
 
@@ -105,6 +171,14 @@ class SQLiteSink(Sink):
 
     def write(self, batch: Batch) -> None:
         self.store.write(batch.domain, batch.epoch, _rows(batch))
+
+    def check(self) -> None:
+        self.store.check()
+
+    def read(
+        self, run: str | None = None, rank: int | None = None, since: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        return read_records(self.store.path, run, rank, since)
 
     def close(self) -> None:
         self.store.close()

@@ -1,9 +1,9 @@
 """One contract, every sink: sqlite, jsonl, http (IngestServer in this process), serve
-(`distwal serve` as a subprocess), and MockSink.
+(`distwal serve` as a subprocess), otlp (an OTLP/HTTP receiver in this process), and MockSink.
 
 Each case says what its sink promises: `dedup` (a duplicate (writer, seq) is a no-op) and
 `fenced` (a batch of an epoch older than one seen for the domain raises StaleEpoch). The
-jsonl sink and MockSink promise neither (documented: an envelope may appear twice), and
+jsonl and otlp sinks and MockSink promise neither (documented: an envelope may appear twice), and
 that is asserted too, so a change of behaviour shows up here. HTTP error mapping and the
 bearer token are checked against real servers on 127.0.0.1.
 """
@@ -116,9 +116,34 @@ def serve_process(tmp_path) -> Iterator[tuple[str, str]]:
             proc.wait()
 
 
-@pytest.fixture(params=["sqlite", "jsonl", "http", pytest.param("serve", marks=pytest.mark.process), "mock"])
+def _postgres_case(server: Any) -> tuple[Sink, Callable[[], list[tuple[str, int, Any]]], Callable[[], list[dict[str, Any]]]]:
+    from helpers.postgres import fresh_table
+
+    from distwal.sinks.postgres import PostgresSink, decode_data
+
+    table = fresh_table()
+    sink = sink_from_url(server.url(table=table))
+    assert isinstance(sink, PostgresSink)
+
+    def rows() -> list[dict[str, Any]]:
+        with server.connect() as conn:
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+            if not exists:
+                return []
+            cur = conn.execute(f"SELECT *, data::text AS data FROM {table} ORDER BY writer, seq")
+            names = [d.name for d in cur.description]
+            return [{**dict(zip(names, r)), "data": decode_data(r[-1])} for r in cur.fetchall()]
+
+    return sink, lambda: [(r["writer"], r["seq"], r["data"]) for r in rows()], rows
+
+
+@pytest.fixture(params=["sqlite", "jsonl", "http", pytest.param("serve", marks=pytest.mark.process), "mock",
+                        "otlp", pytest.param("postgres", marks=pytest.mark.process)])
 def case(request, tmp_path) -> Iterator[Case]:
     kind = request.param
+    if kind == "otlp":
+        yield from _otlp_case()
+        return
     if kind == "mock":
         received: list[dict[str, Any]] = []  # the envelopes of every batch the handler was given
 
@@ -151,6 +176,13 @@ def case(request, tmp_path) -> Iterator[Case]:
         finally:
             sink.close()
         return
+    if kind == "postgres":
+        sink, stored, rows = _postgres_case(request.getfixturevalue("postgres_server"))
+        try:
+            yield Case(sink, stored, True, True, envelope=rows)
+        finally:
+            sink.close()
+        return
     with ExitStack() as stack:
         if kind == "http":
             server = stack.enter_context(FaultServer(tmp_path / "server.db"))
@@ -161,6 +193,34 @@ def case(request, tmp_path) -> Iterator[Case]:
         assert isinstance(sink, HTTPSink)
         stack.callback(sink.close)
         yield Case(sink, lambda: _sqlite_rows(db), True, True, envelope=lambda: _sqlite_envelopes(db))
+
+
+def _otlp_case() -> Iterator[Case]:
+    """OTLP collectors neither deduplicate nor fence (documented): the LogRecords carry
+    distwal.writer, distwal.seq and distwal.epoch so whoever queries them can."""
+    from helpers.otlp import OTLPReceiver
+
+    from distwal.sinks.otlp import OTLPSink
+
+    with OTLPReceiver() as receiver:
+        sink = sink_from_url(receiver.sink_url)
+        assert isinstance(sink, OTLPSink)
+
+        def envelopes() -> list[dict[str, Any]]:
+            rows = []
+            for r in receiver.received():
+                a = r.attributes
+                rows.append({"writer": r.writer, "seq": r.seq, "ts": r.time_unix_nano / 1e9, "data": r.data,
+                             "host": r.resource.get("host.name"), "pid": r.resource.get("process.pid"),
+                             "rank": a.get("distwal.rank"), "run": a.get("distwal.run"),
+                             "local_rank": a.get("distwal.local_rank"), "attempt": a.get("distwal.attempt")})
+            return rows
+
+        try:
+            yield Case(sink, lambda: [(r["writer"], r["seq"], r["data"]) for r in envelopes()], dedup=False,
+                       fenced=False, envelope=envelopes)
+        finally:
+            sink.close()
 
 
 # -- the contract --------------------------------------------------------------------------

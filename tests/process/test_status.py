@@ -285,9 +285,11 @@ def test_status_of_a_live_job_then_of_its_history(tmp_path, wal_dir, seed):
         )
         assert 0 <= totals["records"] - totals["acked_records"] <= len(rows), f"totals {totals} {where}"
     assert table_after.returncode == 0, table_after.stderr
+    # the end column: the SIGKILLed rank is lost, the others finished (its state is
+    # "adopted" while its folder is on disk, "done" once delivered and removed)
     assert_table_shows(
         table_after.stdout,
-        {w: (int(r[0]), "adopted" if w == victim_id else "finished") for w, r in ready.items()},
+        {w: (int(r[0]), "lost" if w == victim_id else "finished") for w, r in ready.items()},
         context,
     )
 

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import distwal
 from distwal import _sender
 from distwal._config import Config
 from distwal._layout import Identity, Modes, ensure_domain, prepare_dir
@@ -131,3 +132,32 @@ def test_retired_writers_leave_the_rotation(root):
         sender.close()
         for w in made:
             w.finish(5)
+
+
+def test_a_retired_writer_is_reported_done_with_its_end_and_the_tombstone_keeps_it(root):
+    [w] = writers(root, 1, 2)
+    done: list[tuple[str, Any]] = []
+
+    class RecordingSink(MockSink):
+        def writer_done(self, writer: str, meta: Any, end: Any) -> None:
+            done.append((writer, end))
+
+    batches: list[Batch] = []
+    sender = leading_sender(root, batches)
+    sender.sink = RecordingSink(batches.append)
+    try:
+        w.finish(5)
+        deadline = time.monotonic() + 10
+        while w.id in sender.writers or not done:
+            assert time.monotonic() < deadline, "the finished writer was never retired"
+            sender._next_liveness = 0.0
+            sender.cycle()
+            sender.retire()
+            time.sleep(0.02)
+    finally:
+        sender.close()
+    [(writer, end)] = done
+    assert writer == w.id and (end["reason"], end["detail"], end["code"], end["signal"]) == (
+        "finished", "finish()", None, None)
+    [row] = distwal.status(root)["history"]
+    assert row["end"] == end
