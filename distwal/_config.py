@@ -41,7 +41,8 @@ DEFAULT_ON_FULL = "block"
 
 DURABILITY_MODES = ("sync", "interval", "none")
 ON_FULL_POLICIES = ("block", "drop", "raise")
-SINK_SCHEMES = ("http", "https", "sqlite", "jsonl", "otlp+http", "otlp+https", "postgresql", "postgres")
+SINK_SCHEMES = ("http", "https", "sqlite", "jsonl", "otlp+http", "otlp+https", "postgresql", "postgres",
+                "mlflow+http", "mlflow+https")
 # Sinks whose client library is an optional extra: scheme -> (module, package, extra).
 _SINK_EXTRAS = {
     "otlp+http": ("opentelemetry.proto", "opentelemetry-proto", "otlp"),
@@ -132,8 +133,8 @@ class Config:
         if scheme not in SINK_SCHEMES:
             raise ConfigError(
                 f"{ENV_SINK} (or sink=) {_redact(self.sink)!r} is not a URL distwal can send to: use "
-                "http(s)://..., sqlite:///path/to.db, jsonl:///path/to/file.jsonl, otlp+http(s)://host:4318/v1/logs "
-                "or postgresql://host/db"
+                "http(s)://..., sqlite:///path/to.db, jsonl:///path/to/file.jsonl, otlp+http(s)://host:4318/v1/logs, "
+                "postgresql://host/db or mlflow+http(s)://host:5000"
             )
         extra = _SINK_EXTRAS.get(scheme)
         if extra is not None and not _installed(extra[0]):

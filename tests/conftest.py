@@ -87,3 +87,20 @@ def postgres_server() -> Iterator[object]:
     from helpers.postgres import running_server
 
     yield from running_server()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real `mlflow server` (PyPI mlflow in .venv-mlflow, SQLite store, 127.0.0.1), one per session."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: makes `helpers` importable
+    from helpers.mlflow_server import MlflowServer, MlflowUnavailable, ensure_mlflow_venv
+
+    try:
+        ensure_mlflow_venv()
+    except MlflowUnavailable as exc:
+        pytest.skip(str(exc))
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server

@@ -48,8 +48,12 @@ def sink_from_url(url: str) -> Sink:
         from .jsonl import JSONLSink
 
         return JSONLSink(_local_path(url, rest))
+    if scheme in ("mlflow+http", "mlflow+https"):
+        from .mlflow import MLflowSink
+
+        return MLflowSink(url)
     raise ConfigError(
-        f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:///, jsonl:///, otlp+http(s):// or postgresql://"
+        f"no sink for {url.split('://')[0]!r} URLs: use http(s)://, sqlite:///, jsonl:///, otlp+http(s)://, postgresql:// or mlflow+http(s)://"
     )
 
 
