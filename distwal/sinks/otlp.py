@@ -329,39 +329,36 @@ def _log_records(chunk: Chunk, epoch: int) -> list[bytes]:
         if value is not None
     )
     # Each record's pieces go into one list that encode_request() joins once: no bytes object
-    # per record. Lengths are computed rather than measured on built bytes: the LogRecord is
-    # `09 time 2a len(body) 32 len(map) map shared seq-head seq`.
+    # per record. The LogRecord is `09 time`, `2a len(body) 32 len(map)` (one bytes object per
+    # map size, made once per chunk), the map, then `tail`: the shared attributes and the head
+    # of distwal.seq (one per length of the seq's varint), and the seq. Times and seqs are
+    # encoded by one comprehension each, the JSON decoded by map(): 5% less than in the loop.
     out: list[bytes] = []
     extend = out.extend
-    loads, kvlist, small, low, stamp, seq_heads = orjson.loads, _kvlist, _SMALL, _LOW14, _TIME, _SEQ_HEADS
-    plans = _PLANS
-    fixed = 9 + 1 + len(shared)  # the time, the body's tag, the shared attributes
-    seq = chunk.first_seq
-    for ts, line in zip(chunk.ts, chunk.lines):
-        data = loads(line)
-        # seqs pass 16384 early in a run: two bytes from a table and the rest from _SMALL up to 2**28
-        number = small[seq] if seq < 16384 else low[seq & 0x3FFF] + small[seq >> 14] if seq < 1 << 28 \
-            else _varint_slow(seq)
+    kvlist, small, low, stamp, plans = _kvlist, _SMALL, _LOW14, _TIME, _PLANS
+    tails = {n: shared + head for n, head in _SEQ_HEADS.items()}
+    body_heads: dict[int, bytes] = {}
+    stamps = [stamp(0x09, int(ts * 1e9)) for ts in chunk.ts]
+    # seqs pass 16384 early in a run: two bytes from a table and the rest from _SMALL up to 2**28
+    numbers = [small[seq] if seq < 16384 else low[seq & 0x3FFF] + small[seq >> 14] if seq < 1 << 28
+               else _varint_slow(seq) for seq in range(chunk.first_seq, chunk.first_seq + len(chunk.lines))]
+    for when, number, data in zip(stamps, numbers, map(orjson.loads, chunk.lines)):
+        tail = tails[len(number)]
         if type(data) is dict:
             plan = plans.get(tuple(data))  # _kvlist's first steps, inlined
             inner = plan(data) if plan is not None else None
             if inner is None:
                 inner = kvlist(data)
             size = len(inner)
-            inner_size = small[size] if size < 16384 else _varint_slow(size)
-            size += len(inner_size) + 1
-            body_size = small[size] if size < 16384 else _varint_slow(size)
-            seq_head = seq_heads[len(number)]
-            size += fixed + len(body_size) + len(seq_head) + len(number)
-            extend((b"\x12", small[size] if size < 16384 else _varint_slow(size), stamp(0x09, int(ts * 1e9)),
-                    b"\x2a", body_size, b"\x32", inner_size, inner, shared, seq_head, number))
+            body_head = body_heads.get(size)
+            if body_head is None:
+                body_head = body_heads[size] = b"\x2a" + _varint(size + 1 + len(_varint(size))) + b"\x32" + _varint(size)
+            size += 9 + len(body_head) + len(tail) + len(number)
+            extend((b"\x12", small[size] if size < 16384 else _varint_slow(size), when, body_head, inner, tail, number))
         else:
             body = _any(data)
-            size = len(body)
-            record = b"".join((stamp(0x09, int(ts * 1e9)), b"\x2a", _varint(size), body, shared,
-                               seq_heads[len(number)], number))
+            record = b"".join((when, b"\x2a", _varint(len(body)), body, tail, number))
             extend((b"\x12", _varint(len(record)), record))
-        seq += 1
     return out
 
 
