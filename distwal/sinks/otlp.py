@@ -352,7 +352,8 @@ def _log_records(chunk: Chunk, epoch: int) -> list[bytes]:
             size = len(inner)
             body_head = body_heads.get(size)
             if body_head is None:
-                body_head = body_heads[size] = b"\x2a" + _varint(size + 1 + len(_varint(size))) + b"\x32" + _varint(size)
+                body = b"\x32" + _varint(size)  # AnyValue.kvlist_value, its length; the map follows
+                body_head = body_heads[size] = b"\x2a" + _varint(len(body) + size) + body
             size += 9 + len(body_head) + len(tail) + len(number)
             extend((b"\x12", small[size] if size < 16384 else _varint_slow(size), when, body_head, inner, tail, number))
         else:
