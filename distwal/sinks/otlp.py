@@ -188,12 +188,27 @@ def _kvlist_items(mapping: dict[str, Any]) -> bytes:
 
 
 def _cached_element(cache: dict[Any, bytes], head: bytes, value: Any) -> bytes:
-    """A plan's str or int element that was not in its key's cache (kept there if small)."""
+    """A plan's str element that was not in its key's cache (kept there if small)."""
     element = _element(head, value)
     if len(element) < 256:
         if len(cache) >= _MAX_CACHED:
             cache.clear()
         cache[value] = element
+    return element
+
+
+def _int_element(cache: dict[Any, bytes], heads: tuple[bytes, ...], value: int, head: bytes) -> bytes:
+    """A plan's int element that was not in its key's cache: `heads[n]` is the element up to
+    an n-byte varint. A step that grows record after record misses every time, and this
+    costs 0.3 us where building the element from the key's head took 1.1 us."""
+    if 0 <= value < 1 << 28:
+        number = _SMALL[value] if value < 16384 else _LOW14[value & 0x3FFF] + _SMALL[value >> 14]
+        element = heads[len(number)] + number
+    else:
+        element = _element(head, value)
+    if len(cache) >= _MAX_CACHED:
+        cache.clear()
+    cache[value] = element
     return element
 
 
@@ -211,7 +226,8 @@ def _compile(keys: tuple[str, ...], sample: dict[str, Any]) -> Plan:
     """The plan for mappings with these keys, in this order, and the value types of `sample`."""
     if not keys:
         return lambda mapping: b""
-    constants: dict[str, Any] = {"cached": _cached_element, "nested": _dict_element, "element": _element}
+    constants: dict[str, Any] = {"cached": _cached_element, "cached_int": _int_element, "nested": _dict_element,
+                                 "element": _element}
     lines, parts = _plan_of(keys, sample, "v", constants)
     # Runs of fixed-size parts become one Struct.pack each (constants as `Ns` fields).
     items: list[str] = []
@@ -280,9 +296,16 @@ def _plan_of(keys: tuple[str, ...], sample: dict[str, Any], var: str,
         elif value is None:
             checks.append(f"{name} is None")
             parts.append(("const", _element(head, None)))
-        elif kind is str or kind is int:
+        elif kind is int:
             constants[f"c_{name}"] = {}
-            checks.append(f"type({name}) is {kind.__name__}")
+            # The element up to a varint of 1 to 4 bytes (0a len head len 18): see _int_element.
+            constants[f"i_{name}"] = tuple(b"\x0a" + _varint(len(head) + 2 + n) + head + bytes([1 + n]) + b"\x18"
+                                           for n in range(5))
+            checks.append(f"type({name}) is int")
+            parts.append(("var", f"(c_{name}.get({name}) or cached_int(c_{name}, i_{name}, {name}, h_{name}))"))
+        elif kind is str:
+            constants[f"c_{name}"] = {}
+            checks.append(f"type({name}) is str")
             parts.append(("var", f"(c_{name}.get({name}) or cached(c_{name}, h_{name}, {name}))"))
         elif kind is dict:
             inner_lines, inner_parts = _plan_of(tuple(value), value, name, constants)
