@@ -178,7 +178,10 @@ def _kvlist(mapping: dict[str, Any]) -> bytes:
     if encoded is None:  # not the types the plan was made for
         misses = _MISSES[keys] = _MISSES.get(keys, 0) + 1
         if misses >= _REPLAN_AFTER:
-            del _PLANS[keys], _MISSES[keys]  # the next record of this shape makes a new plan
+            # The next record of this shape makes a new plan (pop: another sink's thread may
+            # have done this already).
+            _PLANS.pop(keys, None)
+            _MISSES.pop(keys, None)
         return _kvlist_items(mapping)
     return encoded
 
