@@ -81,7 +81,14 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 records = st.dictionaries(st.text(max_size=12), json_values, max_size=8)
 
 
-@given(st.lists(records, min_size=1, max_size=5), st.integers(min_value=1, max_value=1 << 40))
+# Records of a few shapes (the same keys again and again, as a training loop logs them) with
+# values of changing types: the encoder's per-shape plans, their fallback and new plans.
+shaped_records = st.dictionaries(st.sampled_from(["loss", "step", "tags"]), json_values | st.fixed_dictionaries(
+    {"a": json_scalars, "b": json_scalars}), max_size=3)
+
+
+@given(st.lists(records, min_size=1, max_size=5) | st.lists(shaped_records, min_size=1, max_size=80),
+       st.integers(min_value=1, max_value=1 << 40) | st.sampled_from([16383, 16384, (1 << 28) - 1]))
 def test_log_records_decode_to_what_the_proto_classes_build(batch_records, first):
     batch = Batch(7, "dom", (chunk_of("writer-a", first, batch_records),))
     (resource_logs,) = decoded(batch).resource_logs
@@ -97,6 +104,13 @@ def test_log_records_decode_to_what_the_proto_classes_build(batch_records, first
             assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
         else:
             assert got == want
+
+
+def test_a_shape_whose_types_change_for_good_is_encoded_right_before_and_after_its_new_plan():
+    records = [{"x": 1.5, "n": {"a": 1.0}}] + [{"x": f"s{i}", "n": {"a": i}} for i in range(100)] + [{"x": 2.5, "n": {}}]
+    batch = Batch(1, "d", (chunk_of("w", 1, records),))
+    got = [python_value(lr.body) for lr in decoded(batch).resource_logs[0].scope_logs[0].log_records]
+    assert got == records
 
 
 def test_the_three_special_strings_become_doubles_and_nothing_else_does():
