@@ -122,10 +122,13 @@ class OTLPReceiver(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, port: int = 0, path: str = "/v1/logs", keep: bool = True) -> None:
+    def __init__(self, port: int = 0, path: str = "/v1/logs", keep: bool = True, probes: bool = False) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.path = path
         self.keep = keep  # False: count records only (benchmarks)
+        # An empty request is a sink check (`distwal run`, a first leader): logged and given to the
+        # plan only when a test checks that probe itself; other tests see batches alone.
+        self.probes = probes
         self.plan: Callable[[Request], Reply | None] | None = None
         self.on_store: Callable[[Request], None] | None = None
         self.log: list[Request] = []
@@ -172,6 +175,8 @@ class OTLPReceiver(ThreadingHTTPServer):
                 self.counted += n
             return 200, {"Content-Type": "application/x-protobuf"}, b""
         req = Request(index, time.time(), decode(headers, body, index), headers=dict(headers.items()))
+        if not req.records and not self.probes:
+            return 200, {"Content-Type": "application/x-protobuf"}, ExportLogsServiceResponse().SerializeToString()
         with self._lock:
             self.log.append(req)
         reply = self.plan(req) if self.plan is not None else None
