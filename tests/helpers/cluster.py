@@ -652,6 +652,24 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60.0) -> subp
     return result
 
 
+@contextmanager
+def serve_cli(db: str, env: dict[str, str]) -> Iterator[str]:
+    """`distwal serve --db DB --port 0` in a subprocess: its URL once it listens; stopped on exit."""
+    proc = subprocess.Popen([sys.executable, "-m", "distwal", "serve", "--db", db, "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""  # "distwal serve: listening on URL (db PATH)"
+        assert "listening on" in line, (line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        yield line.split("listening on ", 1)[1].split()[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def files_named(root: str | os.PathLike[str], fragment: str) -> list[str]:
     """Every path under root whose name contains `fragment`."""
     found = []
@@ -696,5 +714,5 @@ __all__ = [
     "cluster_env", "domain_of", "expected_record", "files_named", "has_poison", "kill_and_wait_gone", "read_json",
     "run_cli", "sender_pids", "seqs_on_disk", "start_writer", "wait_until", "writer_args", "writer_id_of",
     "KILL_MODES", "KillSink", "Rank", "Ranks", "drain_ok", "kill_leaders_at_random_points", "kill_senders",
-    "random_kill_modes",
+    "random_kill_modes", "serve_cli",
 ]
