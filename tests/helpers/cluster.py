@@ -415,6 +415,17 @@ def assert_acked_delivered_once(
         assert data == expected_record(tag, seq - 1), f"{writer} seq {seq}: stored {data} {context}"
 
 
+def assert_ranks_acked_delivered_once(stored: dict[str, dict[int, Any]], ranks: list[Any], context: str = "") -> int:
+    """assert_acked_delivered_once for each rank (.child, .id, .tag, .killed; one not killed
+    finished); returns how many records they acknowledged in all."""
+    total = 0
+    for rank in ranks:
+        acks = acks_of(rank.child)
+        total += len(acks)
+        assert_acked_delivered_once(stored, rank.id, rank.tag, acks, context, finished=not rank.killed)
+    return total
+
+
 # -- the leader ------------------------------------------------------------------------------
 
 
@@ -714,5 +725,5 @@ __all__ = [
     "cluster_env", "domain_of", "expected_record", "files_named", "has_poison", "kill_and_wait_gone", "read_json",
     "run_cli", "sender_pids", "seqs_on_disk", "start_writer", "wait_until", "writer_args", "writer_id_of",
     "KILL_MODES", "KillSink", "Rank", "Ranks", "drain_ok", "kill_leaders_at_random_points", "kill_senders",
-    "random_kill_modes", "serve_cli",
+    "random_kill_modes", "serve_cli", "assert_ranks_acked_delivered_once",
 ]

@@ -24,6 +24,7 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     Ranks,
     acks_of,
     assert_acked_delivered_once,
+    assert_ranks_acked_delivered_once,
     assert_fenced,
     cluster_env,
     drain_ok,
@@ -70,11 +71,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_delivered_once(tmp
         drain_ok(wal, server.url, env, context)
 
         stored = server.records()
-        total_acks = 0
-        for rank in ranks:
-            acks = acks_of(rank.child)
-            total_acks += len(acks)
-            assert_acked_delivered_once(stored, rank.id, rank.tag, acks, context, finished=not rank.killed)
+        total_acks = assert_ranks_acked_delivered_once(stored, ranks, context)
         assert set(stored) <= {rank.id for rank in ranks}, f"records from unknown writers {context}"
 
         # The batches committed but never acknowledged were sent again by a later epoch:

@@ -21,6 +21,7 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     Ranks,
     acks_of,
     assert_acked_delivered_once,
+    assert_ranks_acked_delivered_once,
     cluster_env,
     drain_ok,
     kill_leaders_at_random_points,
@@ -72,11 +73,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_reaches_the_receiv
         drain_ok(wal, receiver.sink_url, env, context)
 
         stored = receiver.records()
-        total_acks = 0
-        for rank in ranks:
-            acks = acks_of(rank.child)
-            total_acks += len(acks)
-            assert_acked_delivered_once(stored, rank.id, rank.tag, acks, context, finished=not rank.killed)
+        total_acks = assert_ranks_acked_delivered_once(stored, ranks, context)
         assert_attributes_right(receiver, ranks, context)
         # A batch the receiver kept but whose reply never left was sent again by a later epoch.
         for req in committed_then_killed:

@@ -20,8 +20,7 @@ import orjson
 import pytest
 from helpers.cluster import (
     Ranks,
-    acks_of,
-    assert_acked_delivered_once,
+    assert_ranks_acked_delivered_once,
     cluster_env,
     drain_ok,
     kill_senders,
@@ -143,11 +142,7 @@ def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path
     stored: dict[str, dict[int, object]] = {}
     for writer, seq, data, _, _ in rows:
         stored.setdefault(writer, {})[seq] = orjson.loads(data)
-    total = 0
-    for rank in ranks:
-        acks = acks_of(rank.child)
-        total += len(acks)
-        assert_acked_delivered_once(stored, rank.id, rank.tag, acks, context, finished=not rank.killed)
+    total = assert_ranks_acked_delivered_once(stored, ranks, context)
     assert set(stored) <= {rank.id for rank in ranks}, f"records from unknown writers {context}"
 
     # No row of an older epoch committed after a row of a newer one.
