@@ -42,7 +42,7 @@ from distwal.sinks import Batch, Chunk, MockSink, Sink, sink_from_url  # noqa: E
 from distwal.sinks.http import HTTPSink  # noqa: E402
 from distwal.sinks.jsonl import JSONLSink  # noqa: E402
 from distwal.sinks.sqlite import RecordStore, SQLiteSink  # noqa: E402
-from helpers.cluster import Fault, FaultServer, KnownBug, check_known_bug  # noqa: E402
+from helpers.cluster import Fault, FaultServer, KnownBug, check_known_bug, serve_cli  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,19 +101,8 @@ def serve_process(tmp_path) -> Iterator[tuple[str, str]]:
     """`distwal serve --port 0` in a subprocess: (url, db path)."""
     db = str(tmp_path / "serve.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTWAL_")}
-    proc = subprocess.Popen([sys.executable, "-m", "distwal", "serve", "--db", db, "--port", "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()  # "distwal serve: listening on URL (db PATH)"
-        assert "listening on" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
-        yield line.split("listening on ", 1)[1].split()[0], db
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_cli(db, env) as url:
+        yield url, db
 
 
 def _postgres_case(server: Any) -> tuple[Sink, Callable[[], list[tuple[str, int, Any]]], Callable[[], list[dict[str, Any]]]]:

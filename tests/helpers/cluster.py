@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -415,6 +415,17 @@ def assert_acked_delivered_once(
         assert data == expected_record(tag, seq - 1), f"{writer} seq {seq}: stored {data} {context}"
 
 
+def assert_ranks_acked_delivered_once(stored: dict[str, dict[int, Any]], ranks: list[Any], context: str = "") -> int:
+    """assert_acked_delivered_once for each rank (.child, .id, .tag, .killed; one not killed
+    finished); returns how many records they acknowledged in all."""
+    total = 0
+    for rank in ranks:
+        acks = acks_of(rank.child)
+        total += len(acks)
+        assert_acked_delivered_once(stored, rank.id, rank.tag, acks, context, finished=not rank.killed)
+    return total
+
+
 # -- the leader ------------------------------------------------------------------------------
 
 
@@ -462,6 +473,183 @@ def kill_and_wait_gone(pid: int, timeout: float = 10.0) -> None:
     wait_until(gone, timeout, f"pid {pid} to die after SIGKILL")
 
 
+# -- killing the leader at random points -------------------------------------------------------
+
+KILL_MODES = ("rank", "sender", "commit_rank", "commit_sender")
+
+
+@dataclass
+class Rank:
+    """A rank of a kill test: its WRITER child, writer id, and whether the test SIGKILLed it."""
+
+    tag: str
+    child: Child
+    id: str = ""
+    killed: bool = False
+
+
+class Ranks(list):  # type: ignore[type-arg]
+    """The ranks of a kill test. `spawn(i)` starts rank number i (not yet ready), `ready(rank)`
+    waits for it and returns its writer id; a rank SIGKILLed as leader is replaced by a new
+    writer, as torchrun would restart it."""
+
+    def __init__(self, spawn: Callable[[int], Any], ready: Callable[[Any], str]) -> None:
+        super().__init__()
+        self._spawn = spawn
+        self._ready = ready
+
+    @classmethod
+    def of_writers(cls, stack: ExitStack, workdir: str | os.PathLike[str], env: dict[str, str], stop: Path,
+                   pace: Callable[[], float], finish_timeout: float = 30) -> Ranks:
+        """WRITER ranks tagged r0, r1, ... logging until `stop` exists, each at its own `pace()`."""
+
+        def spawn(i: int) -> Rank:
+            tag = f"r{i}"
+            return Rank(tag, stack.enter_context(
+                start_writer(workdir, env, tag, stop=str(stop), pace=pace(), finish_timeout=finish_timeout)))
+
+        return cls(spawn, lambda rank: writer_id_of(rank.child))
+
+    def add(self, n: int = 1) -> list[Any]:
+        """Start n more ranks (all spawned before any is waited for); they are ready on return."""
+        new = []
+        for _ in range(n):
+            new.append(self._spawn(len(self)))
+            self.append(new[-1])
+        for rank in new:
+            rank.id = self._ready(rank)
+        return new
+
+    def leader(self, pid: int, where: str) -> Any:
+        """The live rank with this pid (leader.json names it)."""
+        leader = next((r for r in self if r.child.pid == pid and not r.killed), None)
+        assert leader is not None, f"leader.json names pid {pid}, not one of our live ranks {where}"
+        return leader
+
+    def reap_killed(self, rank: Any, replace: bool = True) -> Any:
+        """`rank` was SIGKILLed: check it died of it, mark it, and start its replacement (returned)."""
+        assert rank.child.wait() == -signal.SIGKILL, rank.child.describe()
+        rank.killed = True
+        return self.add()[0] if replace else None
+
+    def kill(self, rank: Any, replace: bool = True) -> Any:
+        """SIGKILL `rank`, then as reap_killed."""
+        rank.child.kill(signal.SIGKILL)
+        return self.reap_killed(rank, replace)
+
+    def live(self) -> list[Any]:
+        return [rank for rank in self if not rank.killed]
+
+    def finish(self, stop: Path, timeout: float) -> None:
+        """Touch `stop`; every rank not killed exits 0 within `timeout`."""
+        stop.touch()
+        for rank in self.live():
+            assert rank.child.wait(timeout) == 0, rank.child.describe()
+
+
+def kill_senders(pid: int, where: str = "", required: bool = True) -> None:
+    """SIGKILL the sender subprocesses of rank `pid` (there must be one if `required`)."""
+    victims = sender_pids(pid)
+    assert victims or not required, f"the leader rank {pid} has no sender subprocess {where}"
+    for victim in victims:
+        kill_and_wait_gone(victim)
+
+
+def random_kill_modes(rng: Any, rounds: int) -> list[str]:
+    """`rounds` KILL_MODES; at least one commit_* mode, to cover the ack-before-cursor window."""
+    modes = [rng.choice(KILL_MODES) for _ in range(rounds)]
+    if not any(mode.startswith("commit") for mode in modes):
+        modes[rng.randrange(rounds)] = rng.choice(("commit_rank", "commit_sender"))
+    return modes
+
+
+@dataclass
+class KillSink:
+    """How kill_leaders_at_random_points sees a sink (FaultServer, OTLPReceiver, ...).
+
+    shipped(epoch): a reply 200 came for a request of that epoch; count(): records held;
+    set_hook(fn or None): run fn(request) after the sink kept a batch, before its reply leaves;
+    in_epoch(request, epoch): the request was sent by that epoch's leader."""
+
+    shipped: Callable[[int], bool]
+    count: Callable[[], int]
+    set_hook: Callable[[Callable[[Any], None] | None], None]
+    in_epoch: Callable[[Any, int], bool]
+    noun: str = "stored"  # what the sink does with records, for messages
+    describe: Callable[[], str] | None = None
+
+
+def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sink: KillSink, rng: Any,
+                                  context: str, lease_epochs: list[int] | None = None) -> list[Any]:
+    """Per mode (KILL_MODES), wait for a new leader shipping, let it ship a random amount, then
+    SIGKILL its rank or its sender, at a random moment or, for commit_*, inside the sink's hook
+    after a commit and before the reply (the ack never reaches the leader). A killed rank is
+    replaced. Returns the requests committed whose leader was killed before the reply.
+    `lease_epochs` collects the leader.json epochs as sampled over time."""
+    committed_then_killed: list[Any] = []
+    last_epoch = 0
+    for round_, mode in enumerate(modes):
+        where = f"round {round_} ({mode}) {context}"
+
+        def new_leader_shipping(last_epoch: int = last_epoch) -> Any:
+            lease = read_json(wal / "leader.json")
+            if lease is not None and lease_epochs is not None:
+                lease_epochs.append(int(lease["epoch"]))
+            if lease is None or lease["epoch"] <= last_epoch or lease.get("released"):
+                return None
+            return lease if sink.shipped(lease["epoch"]) else None
+
+        lease = wait_until(new_leader_shipping, 30, f"a new leader after epoch {last_epoch} shipping {where}",
+                           sink.describe)
+        epoch, pid = int(lease["epoch"]), int(lease["pid"])
+        leader = ranks.leader(pid, where)
+
+        # The random point: let the new leader ship a random amount first.
+        base = sink.count()
+        want = rng.randint(1, 150)
+        wait_until(lambda base=base, want=want: sink.count() >= base + want, 30,
+                   f"{want} more records {sink.noun} {where}")
+        if mode.startswith("commit"):
+            fired = threading.Event()
+            victims = sender_pids(pid)
+            assert victims, f"the leader rank {pid} has no sender subprocess {where}"
+
+            def on_commit(req: Any, epoch: int = epoch, pid: int = pid, victims: list[int] = victims,
+                          mode: str = mode, fired: threading.Event = fired) -> None:
+                # In the sink, after the commit, before the reply: the ack never reaches the leader.
+                if not sink.in_epoch(req, epoch) or fired.is_set():
+                    return
+                for victim in victims:
+                    kill_and_wait_gone(victim)
+                if mode == "commit_rank":
+                    os.kill(pid, signal.SIGKILL)
+                committed_then_killed.append(req)
+                fired.set()
+
+            sink.set_hook(on_commit)
+            assert fired.wait(30), f"the leader of epoch {epoch} committed nothing more {where}"
+            sink.set_hook(None)
+        else:
+            time.sleep(rng.uniform(0, 0.05))  # the random moment itself, not a wait for a condition
+            if mode == "rank":
+                leader.child.kill(signal.SIGKILL)
+            else:
+                kill_senders(pid, where)
+        if mode in ("rank", "commit_rank"):
+            ranks.reap_killed(leader)
+        print(f"round {round_}: {mode} killed the leader of epoch {epoch} (pid {pid}) "
+              f"after {sink.count()} records {sink.noun}")
+        last_epoch = epoch
+    return committed_then_killed
+
+
+def drain_ok(wal: str | os.PathLike[str], sink: str, env: dict[str, str], context: str = "", timeout: float = 60,
+             cli_timeout: float = 60.0) -> None:
+    """`distwal drain WAL --sink SINK --timeout T` exits 0."""
+    drained = run_cli(["drain", os.fspath(wal), "--sink", sink, "--timeout", f"{timeout:g}"], env, timeout=cli_timeout)
+    assert drained.returncode == 0, f"drain failed {context}"
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 
@@ -473,6 +661,24 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60.0) -> subp
     print(f"$ distwal {' '.join(args)} -> {result.returncode} in {time.monotonic() - started:.2f}s\n"
           f"{result.stdout}{result.stderr}")
     return result
+
+
+@contextmanager
+def serve_cli(db: str, env: dict[str, str]) -> Iterator[str]:
+    """`distwal serve --db DB --port 0` in a subprocess: its URL once it listens; stopped on exit."""
+    proc = subprocess.Popen([sys.executable, "-m", "distwal", "serve", "--db", db, "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""  # "distwal serve: listening on URL (db PATH)"
+        assert "listening on" in line, (line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        yield line.split("listening on ", 1)[1].split()[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def files_named(root: str | os.PathLike[str], fragment: str) -> list[str]:
@@ -518,4 +724,6 @@ __all__ = [
     "pick_seed", "seed", "KnownBug", "check_known_bug", "Drop", "Fault", "FaultServer", "Path", "Request", "acks_of", "assert_acked_delivered_once", "assert_fenced",
     "cluster_env", "domain_of", "expected_record", "files_named", "has_poison", "kill_and_wait_gone", "read_json",
     "run_cli", "sender_pids", "seqs_on_disk", "start_writer", "wait_until", "writer_args", "writer_id_of",
+    "KILL_MODES", "KillSink", "Rank", "Ranks", "drain_ok", "kill_leaders_at_random_points", "kill_senders",
+    "random_kill_modes", "serve_cli", "assert_ranks_acked_delivered_once",
 ]

@@ -10,150 +10,68 @@ DISTWAL_TEST_SEED=<seed>.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import pytest
 from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     Fault,
     FaultServer,
+    KillSink,
+    Rank,
+    Ranks,
     acks_of,
     assert_acked_delivered_once,
+    assert_ranks_acked_delivered_once,
     assert_fenced,
     cluster_env,
-    kill_and_wait_gone,
+    drain_ok,
+    kill_leaders_at_random_points,
+    random_kill_modes,
     read_json,
-    seed,
     run_cli,
+    seed,
     sender_pids,
     start_writer,
     wait_until,
     writer_id_of,
 )
-from helpers.procs import Child
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(150)]
-
-KILL_MODES = ("rank", "sender", "commit_rank", "commit_sender")
-
-
-@dataclass
-class Rank:
-    tag: str
-    child: Child
-    id: str = ""
-    killed: bool = False
 
 
 def test_leader_sigkilled_at_random_points_every_acked_record_delivered_once(tmp_path, seed):
     rng = random.Random(seed)
-    rounds = 6
-    modes = [rng.choice(KILL_MODES) for _ in range(rounds)]
-    if not any(mode.startswith("commit") for mode in modes):  # always cover the ack-before-cursor window
-        modes[rng.randrange(rounds)] = rng.choice(("commit_rank", "commit_sender"))
+    modes = random_kill_modes(rng, rounds=6)
     context = f"(seed={seed}, modes={modes})"
     print(f"kill modes {modes}")
     wal, stop = tmp_path / "wal", tmp_path / "stop"
 
     with FaultServer(tmp_path / "sink.db") as server, ExitStack() as stack:
         env = cluster_env(wal, server.url)
-        ranks: list[Rank] = []
+        ranks = Ranks.of_writers(stack, tmp_path, env, stop, pace=lambda: rng.uniform(0.002, 0.008))
+        ranks.add(3)
 
-        def add_rank() -> Rank:
-            tag = f"r{len(ranks)}"
-            child = stack.enter_context(
-                start_writer(tmp_path, env, tag, stop=str(stop), pace=rng.uniform(0.002, 0.008), finish_timeout=30)
-            )
-            rank = Rank(tag, child)
-            ranks.append(rank)
-            return rank
+        def set_hook(hook):
+            server.on_commit = hook
 
-        for _ in range(3):
-            add_rank()
-        for rank in ranks:
-            rank.id = writer_id_of(rank.child)
-
+        sink = KillSink(
+            shipped=lambda epoch: any(r.status == 200 and r.epoch == epoch for r in server.requests()),
+            count=server.count, set_hook=set_hook, in_epoch=lambda req, epoch: req.epoch == epoch,
+            describe=lambda: f"leader.json {read_json(wal / 'leader.json')}; requests {server.requests()[-5:]}")
         lease_epochs: list[int] = []  # leader.json epochs as sampled over time
-        committed_then_killed = []
-        last_epoch = 0
-        for round_, mode in enumerate(modes):
-            where = f"round {round_} ({mode}) {context}"
-
-            def new_leader_shipping():
-                lease = read_json(wal / "leader.json")
-                if lease is not None:
-                    lease_epochs.append(int(lease["epoch"]))
-                if lease is None or lease["epoch"] <= last_epoch or lease.get("released"):
-                    return None
-                shipped = any(r.status == 200 and r.epoch == lease["epoch"] for r in server.requests())
-                return lease if shipped else None
-
-            lease = wait_until(new_leader_shipping, 30, f"a new leader after epoch {last_epoch} shipping {where}",
-                               lambda: f"leader.json {read_json(wal / 'leader.json')}; requests {server.requests()[-5:]}")
-            epoch, pid = int(lease["epoch"]), int(lease["pid"])
-            leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
-            assert leader is not None, f"leader.json names pid {pid}, not one of our live ranks {where}"
-
-            # The random point: let the new leader ship a random amount first.
-            base = server.count()
-            want = rng.randint(1, 150)
-            wait_until(lambda: server.count() >= base + want, 30, f"{want} more records stored {where}")
-            if mode.startswith("commit"):
-                fired = threading.Event()
-                victims = sender_pids(pid)
-                assert victims, f"the leader rank {pid} has no sender subprocess {where}"
-
-                def on_commit(req, epoch=epoch, pid=pid, victims=victims, mode=mode, fired=fired):
-                    # In the server, after the commit, before the reply: the ack never reaches the leader.
-                    if req.epoch != epoch or fired.is_set():
-                        return
-                    for victim in victims:
-                        kill_and_wait_gone(victim)
-                    if mode == "commit_rank":
-                        os.kill(pid, signal.SIGKILL)
-                    committed_then_killed.append(req)
-                    fired.set()
-
-                server.on_commit = on_commit
-                assert fired.wait(30), f"the leader of epoch {epoch} committed nothing more {where}"
-                server.on_commit = None
-            else:
-                time.sleep(rng.uniform(0, 0.05))  # the random moment itself, not a wait for a condition
-                if mode == "rank":
-                    leader.child.kill(signal.SIGKILL)
-                else:
-                    victims = sender_pids(pid)
-                    assert victims, f"the leader rank {pid} has no sender subprocess {where}"
-                    for victim in victims:
-                        kill_and_wait_gone(victim)
-            if mode in ("rank", "commit_rank"):
-                assert leader.child.wait() == -signal.SIGKILL, leader.child.describe()
-                leader.killed = True
-                replacement = add_rank()  # as torchrun would restart it: a new writer
-                replacement.id = writer_id_of(replacement.child)
-            print(f"round {round_}: {mode} killed leader of epoch {epoch} (pid {pid}) after {server.count()} stored")
-            last_epoch = epoch
+        committed_then_killed = kill_leaders_at_random_points(ranks, modes, wal, sink, rng, context, lease_epochs)
 
         # Let the survivors finish, then deliver whatever is left (e.g. a just-killed rank).
-        stop.touch()
-        for rank in ranks:
-            if not rank.killed:
-                assert rank.child.wait(60) == 0, rank.child.describe()
-                assert rank.child.lines_with("finished"), rank.child.describe()
-        drained = run_cli(["drain", str(wal), "--sink", server.url, "--timeout", "60"], env)
-        assert drained.returncode == 0, f"drain failed {context}"
+        ranks.finish(stop, 60)
+        for rank in ranks.live():
+            assert rank.child.lines_with("finished"), rank.child.describe()
+        drain_ok(wal, server.url, env, context)
 
         stored = server.records()
-        total_acks = 0
-        for rank in ranks:
-            acks = acks_of(rank.child)
-            total_acks += len(acks)
-            assert_acked_delivered_once(stored, rank.id, rank.tag, acks, context, finished=not rank.killed)
+        total_acks = assert_ranks_acked_delivered_once(stored, ranks, context)
         assert set(stored) <= {rank.id for rank in ranks}, f"records from unknown writers {context}"
 
         # The batches committed but never acknowledged were sent again by a later epoch:

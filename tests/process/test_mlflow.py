@@ -22,8 +22,10 @@ from typing import Any, Iterator
 
 import pytest
 from helpers.cluster import (  # the `seed` fixture comes from tests/process/conftest.py
+    Ranks,
     cluster_env,
-    kill_and_wait_gone,
+    drain_ok,
+    kill_senders,
     read_json,
     run_cli,
     sender_pids,
@@ -107,10 +109,18 @@ def experiment() -> str:
     return f"exp-{uuid.uuid4().hex[:10]}"
 
 
+def spawn_rank(stack: ExitStack, tmp_path: Path, env: dict[str, str], script: str, k: int, **opts: Any) -> Rank:
+    return Rank(k, stack.enter_context(spawn(tmp_path, script, json.dumps({"k": k, **opts}), env=env, name=f"rank{k}.py")))
+
+
+def ready(rank: Rank) -> str:
+    """Its writer id, once it announced it."""
+    return rank.child.wait_for("ready", timeout=30).parts[1]
+
+
 def start(stack: ExitStack, tmp_path: Path, env: dict[str, str], script: str, k: int, **opts: Any) -> Rank:
-    child = stack.enter_context(spawn(tmp_path, script, json.dumps({"k": k, **opts}), env=env, name=f"rank{k}.py"))
-    rank = Rank(k, child)
-    rank.id = child.wait_for("ready", timeout=30).parts[1]
+    rank = spawn_rank(stack, tmp_path, env, script, k, **opts)
+    rank.id = ready(rank)
     return rank
 
 
@@ -150,8 +160,9 @@ def test_leader_sigkilled_at_random_points_every_acked_record_is_one_point(tmp_p
     url = sink_url(mlflow_server, experiment)
     env = mlflow_env(wal, url)
     with ExitStack() as stack:
-        ranks = [start(stack, tmp_path, env, RANK, k, stop=str(stop), pace=rng.uniform(0.003, 0.01))
-                 for k in range(3)]
+        ranks = Ranks(lambda k: spawn_rank(stack, tmp_path, env, RANK, k, stop=str(stop), pace=rng.uniform(0.003, 0.01)),
+                      ready)  # a killed rank is replaced by a new writer, as torchrun restarts it
+        ranks.add(3)
         last_epoch = 0
         for round_, mode in enumerate(modes):
             def new_leader(last_epoch: int = last_epoch) -> Any:
@@ -161,8 +172,7 @@ def test_leader_sigkilled_at_random_points_every_acked_record_is_one_point(tmp_p
 
             lease = wait_until(new_leader, 60, f"a leader after epoch {last_epoch} {context}")
             epoch, pid = int(lease["epoch"]), int(lease["pid"])
-            leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
-            assert leader is not None, f"leader.json names pid {pid}, not a live rank {context}"
+            leader = ranks.leader(pid, context)
             wait_until(lambda pid=pid: sender_pids(pid), 60, f"the sender of epoch {epoch} running {context}",
                        lambda: f"sender.json {read_json(wal / 'sender.json')}")
             if rng.random() < 0.5:  # a point after it acknowledged some records (else: while it finds runs)
@@ -178,22 +188,13 @@ def test_leader_sigkilled_at_random_points_every_acked_record_is_one_point(tmp_p
             health = read_json(wal / "sender.json") or {}
             acked_before = health.get("acked_records", 0) if health.get("epoch") == epoch else 0
             if mode == "rank":
-                leader.child.kill(signal.SIGKILL)
-                assert leader.child.wait() == -signal.SIGKILL, leader.child.describe()
-                leader.killed = True
-                ranks.append(start(stack, tmp_path, env, RANK, len(ranks), stop=str(stop),
-                                   pace=rng.uniform(0.003, 0.01)))  # as torchrun restarts it: a new writer
+                ranks.kill(leader)
             else:
-                for victim in sender_pids(pid):
-                    kill_and_wait_gone(victim)
+                kill_senders(pid, required=False)
             print(f"round {round_}: {mode} of epoch {epoch} killed after it acked {acked_before} records")
             last_epoch = epoch
-        stop.touch()
-        for rank in ranks:
-            if not rank.killed:
-                assert rank.child.wait(90) == 0, rank.child.describe()
-        drained = run_cli(["drain", str(wal), "--sink", url, "--timeout", "150"], env, timeout=180)
-        assert drained.returncode == 0, f"drain failed {context}"
+        ranks.finish(stop, 90)
+        drain_ok(wal, url, env, context, timeout=150, cli_timeout=180)
     total = assert_each_acked_point_once(mlflow_server, experiment, ranks, context)
     parents = [r for r in mlflow_server.runs(experiment) if "distwal.run" in tags(r)]
     assert len(parents) == 1, f"{len(parents)} parent runs {context}"

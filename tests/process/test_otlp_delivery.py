@@ -9,43 +9,32 @@ are counted and printed. Replay a run with DISTWAL_TEST_SEED=<seed>.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import threading
-import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import orjson
 import pytest
 from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+    KillSink,
+    Rank,
+    Ranks,
     acks_of,
     assert_acked_delivered_once,
+    assert_ranks_acked_delivered_once,
     cluster_env,
-    kill_and_wait_gone,
+    drain_ok,
+    kill_leaders_at_random_points,
+    random_kill_modes,
     read_json,
     run_cli,
-    sender_pids,
     start_writer,
     wait_until,
     writer_id_of,
 )
 from helpers.otlp import OTLPReceiver, Reply, Rotel
-from helpers.procs import Child
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
-
-KILL_MODES = ("rank", "sender", "commit_rank", "commit_sender")
-
-
-@dataclass
-class Rank:
-    tag: str
-    child: Child
-    id: str = ""
-    killed: bool = False
-
 
 def assert_attributes_right(receiver: OTLPReceiver, ranks: list[Rank], context: str, service: str = "distwal") -> None:
     """Every LogRecord carries its writer's distwal.* attributes and its resource names its process."""
@@ -60,98 +49,31 @@ def assert_attributes_right(receiver: OTLPReceiver, ranks: list[Rank], context: 
 
 def test_leader_sigkilled_at_random_points_every_acked_record_reaches_the_receiver(tmp_path, seed):
     rng = random.Random(seed)
-    rounds = 4
-    modes = [rng.choice(KILL_MODES) for _ in range(rounds)]
-    if not any(mode.startswith("commit") for mode in modes):  # always cover the ack-before-cursor window
-        modes[rng.randrange(rounds)] = rng.choice(("commit_rank", "commit_sender"))
+    modes = random_kill_modes(rng, rounds=4)
     context = f"(seed={seed}, modes={modes})"
     print(f"kill modes {modes}")
     wal, stop = tmp_path / "wal", tmp_path / "stop"
 
     with OTLPReceiver() as receiver, ExitStack() as stack:
         env = cluster_env(wal, receiver.sink_url)
-        ranks: list[Rank] = []
+        ranks = Ranks.of_writers(stack, tmp_path, env, stop, pace=lambda: rng.uniform(0.002, 0.008))
+        ranks.add(3)
 
-        def add_rank() -> Rank:
-            tag = f"r{len(ranks)}"
-            child = stack.enter_context(
-                start_writer(tmp_path, env, tag, stop=str(stop), pace=rng.uniform(0.002, 0.008), finish_timeout=30))
-            rank = Rank(tag, child)
-            ranks.append(rank)
-            rank.id = writer_id_of(child)
-            return rank
+        def set_hook(hook):
+            # run in the receiver after keeping the records, before the reply
+            receiver.on_store = hook
 
-        for _ in range(3):
-            add_rank()
-        committed_then_killed = []
-        last_epoch = 0
-        for round_, mode in enumerate(modes):
-            where = f"round {round_} ({mode}) {context}"
+        sink = KillSink(
+            shipped=lambda epoch: any(r.status == 200 and epoch in r.epochs for r in receiver.requests()),
+            count=receiver.count, set_hook=set_hook, in_epoch=lambda req, epoch: epoch in req.epochs,
+            noun="received")
+        committed_then_killed = kill_leaders_at_random_points(ranks, modes, wal, sink, rng, context)
 
-            def new_leader_shipping(last_epoch=last_epoch):
-                lease = read_json(wal / "leader.json")
-                if lease is None or lease["epoch"] <= last_epoch or lease.get("released"):
-                    return None
-                shipped = any(r.status == 200 and lease["epoch"] in r.epochs for r in receiver.requests())
-                return lease if shipped else None
-
-            lease = wait_until(new_leader_shipping, 30, f"a new leader after epoch {last_epoch} shipping {where}")
-            epoch, pid = int(lease["epoch"]), int(lease["pid"])
-            leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
-            assert leader is not None, f"leader.json names pid {pid}, not one of our live ranks {where}"
-
-            base = receiver.count()
-            want = rng.randint(1, 150)  # the random point: let the new leader ship a random amount first
-            wait_until(lambda base=base, want=want: receiver.count() >= base + want, 30, f"{want} more records received {where}")
-            if mode.startswith("commit"):
-                fired = threading.Event()
-                victims = sender_pids(pid)
-                assert victims, f"the leader rank {pid} has no sender subprocess {where}"
-
-                def on_store(req, epoch=epoch, pid=pid, victims=victims, mode=mode, fired=fired):
-                    # In the receiver, after keeping the records, before the reply: the ack never arrives.
-                    if epoch not in req.epochs or fired.is_set():
-                        return
-                    for victim in victims:
-                        kill_and_wait_gone(victim)
-                    if mode == "commit_rank":
-                        os.kill(pid, signal.SIGKILL)
-                    committed_then_killed.append(req)
-                    fired.set()
-
-                receiver.on_store = on_store
-                assert fired.wait(30), f"the leader of epoch {epoch} sent nothing more {where}"
-                receiver.on_store = None
-            else:
-                time.sleep(rng.uniform(0, 0.05))  # the random moment itself, not a wait for a condition
-                if mode == "rank":
-                    leader.child.kill(signal.SIGKILL)
-                else:
-                    victims = sender_pids(pid)
-                    assert victims, f"the leader rank {pid} has no sender subprocess {where}"
-                    for victim in victims:
-                        kill_and_wait_gone(victim)
-            if mode in ("rank", "commit_rank"):
-                assert leader.child.wait() == -signal.SIGKILL, leader.child.describe()
-                leader.killed = True
-                add_rank()  # as torchrun would restart it: a new writer
-            print(f"round {round_}: {mode} killed the leader of epoch {epoch} (pid {pid}) "
-                  f"after {receiver.count()} records received")
-            last_epoch = epoch
-
-        stop.touch()
-        for rank in ranks:
-            if not rank.killed:
-                assert rank.child.wait(60) == 0, rank.child.describe()
-        drained = run_cli(["drain", str(wal), "--sink", receiver.sink_url, "--timeout", "60"], env)
-        assert drained.returncode == 0, f"drain failed {context}"
+        ranks.finish(stop, 60)
+        drain_ok(wal, receiver.sink_url, env, context)
 
         stored = receiver.records()
-        total_acks = 0
-        for rank in ranks:
-            acks = acks_of(rank.child)
-            total_acks += len(acks)
-            assert_acked_delivered_once(stored, rank.id, rank.tag, acks, context, finished=not rank.killed)
+        total_acks = assert_ranks_acked_delivered_once(stored, ranks, context)
         assert_attributes_right(receiver, ranks, context)
         # A batch the receiver kept but whose reply never left was sent again by a later epoch.
         for req in committed_then_killed:

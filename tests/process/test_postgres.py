@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import orjson
 import pytest
-from helpers.cluster import FaultServer, run_cli
+from helpers.cluster import FaultServer, run_cli, serve_cli
 from helpers.jobs import write_script
 from helpers.postgres import fresh_table
 from helpers.procs import child_env
@@ -134,23 +134,6 @@ def _http_server(tmp_path: Path, how: str) -> Iterator[str]:
 # -- serve on one database ------------------------------------------------------------------
 
 
-@contextmanager
-def serve(db: str, env: dict[str, str]) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "distwal", "serve", "--db", db, "--port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert "listening on" in line, (line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
-        yield line.split("listening on ", 1)[1].split()[0]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def batch(epoch: int, writer: str, first: int, count: int) -> Batch:
     meta: dict[str, Any] = {"host": "node1", "pid": 7, "rank": 0, "run": "r", "local_rank": 0, "attempt": 0}
     prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
@@ -162,8 +145,8 @@ def batch(epoch: int, writer: str, first: int, count: int) -> Batch:
 def test_two_serve_processes_on_one_database_dedupe_and_fence_together(postgres_server):
     pg, table = postgres_server, fresh_table()
     env = child_env(None, sender=False, PGPASSWORD=pg.password)
-    with serve(pg.url(table=table, password=False), env) as url_a, serve(pg.url(table=table, password=False),
-                                                                         env) as url_b:
+    db = pg.url(table=table, password=False)
+    with serve_cli(db, env) as url_a, serve_cli(db, env) as url_b:
         old, new = HTTPSink(url_a), HTTPSink(url_b)
         try:
             old.write(batch(1, "w1", 1, 10))  # the old leader, through server A
@@ -185,7 +168,7 @@ def test_serve_with_an_unreachable_database_answers_503_and_recovers(postgres_se
     pg, table = postgres_server, fresh_table()
     env = child_env(None, sender=False)
     wrong = pg.url(table=table).replace(pg.password, "not-the-password")
-    with serve(wrong, env) as url:
+    with serve_cli(wrong, env) as url:
         sink = HTTPSink(url)
         try:
             from distwal._exceptions import SinkUnavailable

@@ -13,40 +13,26 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import orjson
 import pytest
 from helpers.cluster import (
-    acks_of,
-    assert_acked_delivered_once,
+    Ranks,
+    assert_ranks_acked_delivered_once,
     cluster_env,
-    kill_and_wait_gone,
+    drain_ok,
+    kill_senders,
     read_json,
-    run_cli,
-    sender_pids,
-    start_writer,
     wait_until,
-    writer_id_of,
 )
 from helpers.postgres import PostgresServer, unavailable
-from helpers.procs import Child
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
 FAULTS = ("leader_rank", "leader_sender", "db_crash", "connection_cut", "commit_then_kill")
 ROUNDS = int(os.environ.get("POSTGRES_KILL_ROUNDS", "8"))
-
-
-@dataclass
-class Rank:
-    tag: str
-    child: Child
-    id: str = ""
-    killed: bool = False
 
 
 @pytest.fixture
@@ -107,20 +93,8 @@ def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path
 
     with ExitStack() as stack:
         env = cluster_env(wal, url)
-        ranks: list[Rank] = []
-
-        def add_rank() -> Rank:
-            tag = f"r{len(ranks)}"
-            child = stack.enter_context(
-                start_writer(tmp_path, env, tag, stop=str(stop), pace=rng.uniform(0.001, 0.004), finish_timeout=30)
-            )
-            rank = Rank(tag, child)
-            rank.id = writer_id_of(child)
-            ranks.append(rank)
-            return rank
-
-        for _ in range(3):
-            add_rank()
+        ranks = Ranks.of_writers(stack, tmp_path, env, stop, pace=lambda: rng.uniform(0.001, 0.004))
+        ranks.add(3)
         for round_, fault in enumerate(faults):
             where = f"round {round_} ({fault}) {context}"
             base = max(stored_count(pg), 0)
@@ -137,15 +111,11 @@ def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path
                 else:
                     pg.terminate_backends()
             elif fault == "commit_then_kill":
-                pid = int(lease["pid"])
-                leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
-                assert leader is not None, f"leader.json names pid {pid}, not one of our live ranks {where}"
+                leader = ranks.leader(int(lease["pid"]), where)
                 pg.admin("ALTER SYSTEM SET synchronous_standby_names = 'nobody'", "SELECT pg_reload_conf()")
                 try:
                     held = wait_until(lambda: commits_waiting(pg), 30, f"a commit waiting for the standby {where}")
-                    leader.child.kill(signal.SIGKILL)  # the rank and, with it, its sender
-                    assert leader.child.wait() == -signal.SIGKILL, leader.child.describe()
-                    leader.killed = True
+                    ranks.kill(leader, replace=False)  # the rank and, with it, its sender
                     held_back = stored_count(pg)  # the held batch is not visible yet
                 finally:
                     pg.admin("ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()")
@@ -154,40 +124,25 @@ def test_leader_kills_database_crashes_and_cut_connections_lose_nothing(tmp_path
                 assert statuses and set(statuses) == {"committed"}, f"held commits {held}: {statuses} {where}"
                 # Rows it added (0 when the batch was all resent duplicates of a killed predecessor's).
                 committed_unacked.append(stored_count(pg) - held_back)
-                add_rank()
+                ranks.add()  # its replacement, once the held commit is through
             else:
                 pid = int(lease["pid"])
-                leader = next((r for r in ranks if r.child.pid == pid and not r.killed), None)
-                assert leader is not None, f"leader.json names pid {pid}, not one of our live ranks {where}"
+                leader = ranks.leader(pid, where)
                 time.sleep(rng.uniform(0, 0.05))  # the random moment itself, not a wait for a condition
                 if fault == "leader_rank":
-                    leader.child.kill(signal.SIGKILL)
-                    assert leader.child.wait() == -signal.SIGKILL, leader.child.describe()
-                    leader.killed = True
-                    add_rank()  # as torchrun would restart it: a new writer
+                    ranks.kill(leader)
                 else:
-                    victims = sender_pids(pid)
-                    assert victims, f"the leader rank {pid} has no sender subprocess {where}"
-                    for victim in victims:
-                        kill_and_wait_gone(victim)
+                    kill_senders(pid, where)
             print(f"round {round_}: {fault} at {stored_count(pg)} stored, epoch {lease and lease.get('epoch')}")
 
-        stop.touch()
-        for rank in ranks:
-            if not rank.killed:
-                assert rank.child.wait(90) == 0, rank.child.describe()
-        drained = run_cli(["drain", str(wal), "--sink", url, "--timeout", "90"], env, timeout=120)
-        assert drained.returncode == 0, f"drain failed {context}"
+        ranks.finish(stop, 90)
+        drain_ok(wal, url, env, context, timeout=90, cli_timeout=120)
 
     rows = pg.sql("SELECT writer, seq, data::text, epoch, pg_xact_commit_timestamp(xmin) FROM distwal_records")
     stored: dict[str, dict[int, object]] = {}
     for writer, seq, data, _, _ in rows:
         stored.setdefault(writer, {})[seq] = orjson.loads(data)
-    total = 0
-    for rank in ranks:
-        acks = acks_of(rank.child)
-        total += len(acks)
-        assert_acked_delivered_once(stored, rank.id, rank.tag, acks, context, finished=not rank.killed)
+    total = assert_ranks_acked_delivered_once(stored, ranks, context)
     assert set(stored) <= {rank.id for rank in ranks}, f"records from unknown writers {context}"
 
     # No row of an older epoch committed after a row of a newer one.
