@@ -265,7 +265,10 @@ class Elector:
             self._resume_at = self.clock() + 10 * CONTEND_INTERVAL
             return False
         self.owner["locked"] = locked  # lets the next contender tell a dead holder from a lockless leader
-        epoch = claim_epoch(self.config.dir, self.owner, self.modes, self.watch.expected_epoch(stale))
+        # Never expect more than the epoch files show: a directory removed and recreated under a
+        # running job keeps no epoch files, and a claim that waits for one would wait for ever.
+        expected = min(self.watch.expected_epoch(stale), highest_epoch(self.config.dir))
+        epoch = claim_epoch(self.config.dir, self.owner, self.modes, expected)
         if epoch is None:
             # Someone else claimed first (or an epoch without a lease exists): wait and look again.
             self.watch.note_highest(highest_epoch(self.config.dir))

@@ -19,7 +19,7 @@ from .._election import read_lease, recorded_sink, release_lease
 from .._exceptions import ConfigError
 from .._layout import Identity, Modes, check_dir, ensure_domain
 from .._leader import Elector, build_sender, owner_of
-from .._preflight import check_sink
+from .._preflight import check_open_sink
 from .._sender import LostLeadership, Sender
 from ..launch.run import delivery_line
 from ._common import require_run_dir, resolve_dir
@@ -48,12 +48,13 @@ def run(args: list[str]) -> int:
     while True:  # a lease lost to a stall (or to another leader) is taken back until the deadline
         if not _take_leadership(elector, root, config.sink, deadline, opts.timeout):
             return 1
-        if started is None:
-            started = time.monotonic()
-            # Only now, as the leader: the SQLite sink is opened by the leader alone.
-            print(f"distwal drain: {check_sink(config.sink)[1]}", file=sys.stderr)
         sender = build_sender(config, elector.epoch, owner, domain, identity)
         try:
+            if started is None:
+                started = time.monotonic()
+                # Only now, as the leader, and through the leader's own sink: the SQLite sink
+                # is opened by the leader alone.
+                print(f"distwal drain: {check_open_sink(sender.sink, config.sink)[1]}", file=sys.stderr)
             sender._discover()
             if marks is None:
                 marks = sender.pending_marks()

@@ -231,3 +231,20 @@ def test_no_note_for_a_renewing_owner_on_our_own_kernel(root: str) -> None:
         renew(root, a, clock)
         assert not b.acquire()
     assert not b.node_local_locks and node_local_locks(root) is None
+
+
+def test_a_directory_recreated_under_its_leader_is_led_again_at_epoch_1(root: str) -> None:
+    # The directory is removed under a running job and recreated: its epoch files are gone,
+    # while the leader that stepped down wrote its released lease (epoch 1) into the new one.
+    clock = Clock()
+    a = contender(root, clock, "nodeA", 100)
+    assert a.acquire() and a.epoch == 1
+    for name in os.listdir(os.path.join(root, "epochs")):
+        os.unlink(os.path.join(root, "epochs", name))
+    release_lease(root, 1, MODES)
+    a.lock.release()
+    for _ in range(4):  # a few contention rounds, past a lease: the claim must not wait for epoch 1's file
+        if a.acquire():
+            break
+        clock.now += LEASE_S / 2
+    assert a.epoch == 1 and highest_epoch(root) == 1 and not (read_lease(root) or {}).get("released")
