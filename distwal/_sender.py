@@ -241,6 +241,10 @@ class Sender:
             for name in os.listdir(self._fds[sub]):
                 if name not in self.writers and _layout.is_writer_id(name):
                     self._track(sub, name)
+                    # A first look at 1024 writers took 9 s on a loaded machine, past a 5 s
+                    # lease: renew while discovering (a clock read when not due).
+                    if not self.lease.renew_if_due():
+                        raise LostLeadership(self.lease.lost or "lease lost")
 
     def _track(self, sub: str, name: str) -> None:
         parent_fd = self._fds[sub]

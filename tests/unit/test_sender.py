@@ -161,3 +161,27 @@ def test_a_retired_writer_is_reported_done_with_its_end_and_the_tombstone_keeps_
         "finished", "finish()", None, None)
     [row] = distwal.status(root)["history"]
     assert row["end"] == end
+
+
+def test_a_first_cycle_slower_than_the_lease_keeps_leadership_while_it_discovers(root):
+    # 1024 writers on a loaded machine took 9 s to discover, over a 5 s lease: the leader
+    # lost leadership in its first cycle. Discovery renews the lease as it goes.
+    made = writers(root, 40, 1)
+    sender = leading_sender(root, [])
+    now = [sender.lease.clock()]
+    sender.lease.clock = lambda: now[0]
+    track = sender._track
+
+    def slow_track(sub: str, name: str) -> None:
+        now[0] += sender.lease.lease_s / 10  # each writer's folder costs a tenth of a lease
+        track(sub, name)
+
+    sender._track = slow_track  # type: ignore[method-assign]
+    try:
+        sender.cycle()  # 40 folders: four leases of discovery
+        assert not sender.lease.lost, sender.lease.lost
+        assert len(sender.writers) == 40
+    finally:
+        sender.close()
+        for w in made:
+            w.finish(5)
