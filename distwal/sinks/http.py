@@ -8,15 +8,14 @@ only in the client's headers: never in a message, a log line or a file. TLS is v
 from __future__ import annotations
 
 import gzip
-import os
 import time
 from email.utils import parsedate_to_datetime
 
 import httpx
 
-from .._config import ENV_TOKEN
 from .._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
 from ._base import Batch, Sink
+from ._bearer import Bearer
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request
 CHECK_TIMEOUT = 5.0  # seconds: a preflight check must not hold a job back
@@ -37,13 +36,8 @@ class HTTPSink(Sink):
     ) -> None:
         self.url = url
         self.compress = compress
-        token = token if token is not None else os.environ.get(ENV_TOKEN) or None
-        headers = {"Content-Type": "application/x-ndjson", "User-Agent": "distwal/1"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._client = client or httpx.Client(timeout=timeout, verify=True)
-        self._headers = headers
-        self._token = token
+        self._bearer = bearer = Bearer(token, client, timeout, **{"Content-Type": "application/x-ndjson"})
+        self._client, self._headers = bearer.client, bearer.headers
 
     def write(self, batch: Batch) -> None:
         body = batch.ndjson()
@@ -59,7 +53,7 @@ class HTTPSink(Sink):
             raise SinkUnavailable(f"{self._where()}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise SinkUnavailable(f"{self._where()}: {type(exc).__name__}: {exc}") from None
-        _raise_for(response, self._where(), self._token)
+        _raise_for(response, self._where(), self._bearer)
 
     def check(self) -> None:
         """POST an empty batch (a probe: no envelopes, epoch 0, nothing stored): any answer but
@@ -73,7 +67,7 @@ class HTTPSink(Sink):
             raise SinkUnavailable(f"{self._where()}: {type(exc).__name__}: {exc}") from None
         if response.status_code in (400, 409, 413, 422):
             return  # it answered and did not refuse us: it only has views on the empty batch
-        _raise_for(response, self._where(), self._token)
+        _raise_for(response, self._where(), self._bearer)
 
     def _where(self) -> str:
         url = httpx.URL(self.url)
@@ -83,13 +77,11 @@ class HTTPSink(Sink):
         self._client.close()
 
 
-def _raise_for(response: httpx.Response, where: str, token: str | None) -> None:
+def _raise_for(response: httpx.Response, where: str, bearer: Bearer) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    text = response.text
-    if token:
-        text = text.replace(token, "***")  # a server or proxy may echo our headers back
+    text = bearer.mask(response.text)
     detail = f"{where} answered {status} {response.reason_phrase}: {text[:200]!r}"
     if status == 409:
         raise StaleEpoch(detail)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from typing import Any, Iterable, Iterator, Mapping, TypeGuard
@@ -46,9 +45,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import orjson
 
-from .._config import ENV_TOKEN
 from .._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
 from ._base import Batch, Chunk, Sink
+from ._bearer import Bearer
 
 logger = logging.getLogger("distwal")
 
@@ -101,14 +100,10 @@ class MLflowSink(Sink):
     ) -> None:
         self.url = url
         self.base, self.experiment_name = parse_url(url)
-        token = token if token is not None else os.environ.get(ENV_TOKEN) or None
-        headers = {"User-Agent": "distwal/1"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._token = token
-        self._client = client or httpx.Client(timeout=timeout, verify=True)
-        self._client.headers.update(headers)
-        self._api = _Api(self._client, self.base, token)
+        bearer = Bearer(token, client, timeout)
+        self._client = bearer.client
+        self._client.headers.update(bearer.headers)
+        self._api = _Api(self._client, self.base, bearer)
         self._finder = _RunFinder(self._api, settle_timeout)
         self._experiment_id: str | None = None
         self._parents: dict[str, str] = {}  # distwal run id -> MLflow run id
@@ -429,10 +424,10 @@ class _RunGone(Exception):
 class _Api:
     """MLflow's REST API (/api/2.0/mlflow/...), with its errors mapped to SinkError."""
 
-    def __init__(self, client: httpx.Client, base: str, token: str | None) -> None:
+    def __init__(self, client: httpx.Client, base: str, bearer: Bearer) -> None:
         self.client = client
         self.root = base.rstrip("/") + "/api/2.0/mlflow/"
-        self.token = token
+        self.bearer = bearer
         url = httpx.URL(base)
         self.where = f"mlflow {url.scheme}://{url.host}:{url.port or ''}{url.path.rstrip('/')}"
 
@@ -470,8 +465,7 @@ class _Api:
                                  "tracking server (check the URL's prefix)?") from None
             return answer if isinstance(answer, dict) else {}
         code, message = _error_of(response)
-        if self.token:
-            message = message.replace(self.token, "***")  # a proxy may echo our headers back
+        message = self.bearer.mask(message)
         detail = f"{self.where}: {endpoint} answered {status} {code or response.reason_phrase}: {message[:300]!r}"
         if status in (401, 403):
             raise SinkPaused(detail)

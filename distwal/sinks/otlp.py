@@ -37,9 +37,10 @@ from typing import Any, Callable, Mapping
 import httpx
 import orjson
 
-from .._config import ENV_SERVICE_NAME, ENV_TOKEN
+from .._config import ENV_SERVICE_NAME
 from .._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
 from ._base import Batch, Chunk, Sink
+from ._bearer import Bearer
 from .http import CHECK_TIMEOUT, _retry_after
 
 try:
@@ -444,15 +445,11 @@ class OTLPSink(Sink):
         self.request_records = request_records
         self._pool: ThreadPoolExecutor | None = None
         self.service_name = service_name or os.environ.get(ENV_SERVICE_NAME, "").strip() or DEFAULT_SERVICE_NAME
-        token = token if token is not None else os.environ.get(ENV_TOKEN) or None
-        headers = {"Content-Type": "application/x-protobuf", "User-Agent": "distwal/1"}
+        headers = {"Content-Type": "application/x-protobuf"}
         if compress:
             headers["Content-Encoding"] = "gzip"
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._client = client or httpx.Client(timeout=timeout, verify=True)
-        self._headers = headers
-        self._token = token
+        self._bearer = bearer = Bearer(token, client, timeout, **headers)
+        self._client, self._headers = bearer.client, bearer.headers
 
     def write(self, batch: Batch) -> None:
         """Send `batch` as requests of at most `request_records` records, one at a time, each
@@ -529,8 +526,7 @@ class OTLPSink(Sink):
     def _raise_for(self, response: httpx.Response) -> None:
         status = response.status_code
         text = _error_text(response)
-        if self._token:
-            text = text.replace(self._token, "***")  # a server or proxy may echo our headers back
+        text = self._bearer.mask(text)
         detail = f"{self.url} answered {status} {response.reason_phrase}: {text[:200]!r}"
         if status in RETRYABLE or status >= 500 or status == 408:
             raise SinkUnavailable(detail, retry_after=_retry_after(response.headers.get("Retry-After")))
