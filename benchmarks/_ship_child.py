@@ -31,7 +31,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import cycle, islice
 from typing import Any
 
-
 pc = time.perf_counter
 
 
@@ -108,8 +107,9 @@ def role_many(root: str, k: int, interval: float) -> None:
     interval is `interval` so that K idle flushers do not wake 50 times a second each.
     """
     from distwal._config import Config
-    from distwal._layout import Modes, ensure_domain, prepare_dir
-    from distwal._writer import Writer
+    from distwal._files import ensure_domain, prepare_dir
+    from distwal._layout import Modes
+    from distwal.writer.writer import Writer
 
     config = Config.load(dir=root, durability="interval", disable_sender=True, interval=interval)
     modes = Modes.for_config(config.shared_group)
@@ -204,11 +204,12 @@ def lead(root: str, url: str, compress: bool = True, sink: Any = None) -> tuple[
     """Take leadership of `root` as `distwal drain` does; a Sender with HTTPSink(url, compress)
     (or with `sink`, for benchmarks of other sinks)."""
     from distwal._config import Config
-    from distwal._election import LeaseKeeper
-    from distwal._layout import Identity, Modes, ensure_domain
-    from distwal._leader import Elector
-    from distwal._liveness import LivenessJudge
-    from distwal._sender import Sender
+    from distwal._files import ensure_domain
+    from distwal._layout import Identity, Modes
+    from distwal.leader.election import LeaseKeeper
+    from distwal.leader.elector import Elector
+    from distwal.leader.liveness import LivenessJudge
+    from distwal.leader.sender import Sender
     from distwal.sinks.http import HTTPSink
 
     config = Config.load(dir=root, sink=url)
@@ -461,7 +462,7 @@ def role_scan(root: str, url: str) -> None:
                        read attempt of every writer in the same cycle (the worst case of one cycle)
     cpu SECONDS        Sender.run for SECONDS: process CPU time / wall time
     """
-    from distwal import _sender
+    from distwal.leader import sender as _sender
 
     sender, elector = lead(root, url, compress=True)
     t0 = pc()

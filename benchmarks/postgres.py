@@ -57,8 +57,9 @@ SHORT = Scale(reps=1, writers=4, per_writer=20_000, serve_per_writer=2_500)
 def drain(root: str, url: str, expected: int) -> float:
     """Lead `root` as `distwal drain` does and send everything to `url`; seconds until all acked."""
     from distwal._config import Config
-    from distwal._layout import Identity, Modes, ensure_domain
-    from distwal._leader import Elector, build_sender, owner_of
+    from distwal._files import ensure_domain
+    from distwal._layout import Identity, Modes
+    from distwal.leader.elector import Elector, build_sender, owner_of
 
     config = Config.load(dir=root, sink=url, env={})
     domain = ensure_domain(root, Modes.for_config(False))

@@ -4,7 +4,7 @@ One run measures, with real processes on this host (child roles in _ship_child.p
 
   1. throughput  a backlog (8 writers x N records of append.py's 109-byte record, written with
                  DISTWAL_DISABLE_SENDER=1 in interval mode, each writer finished) drained by the
-                 library's Sender (distwal._sender.Sender in a child process, led as `distwal drain`
+                 library's Sender (distwal.leader.sender.Sender in a child process, led as `distwal drain`
                  leads, HTTPSink with gzip on and off) into (a) a discarding HTTP server and (b)
                  `distwal serve`; against the raw limit: the same segment files read and POSTed as
                  they are, in chunks of the same number of records, by the same HTTP client (and,
@@ -431,7 +431,7 @@ class Cluster:
         return rank
 
     def leader(self) -> tuple[int, int]:
-        from distwal._election import highest_epoch, read_lease
+        from distwal.leader.election import highest_epoch, read_lease
 
         lease = read_lease(self.dir) or {}
         epoch = int(lease.get("epoch", 0))
@@ -536,7 +536,7 @@ def run_failover(scale: Scale, base: str, log: Any) -> dict[str, Any]:
             t_kill = cl.kill(victim)
             t_epoch = t_ack = None
             deadline = time.monotonic() + 60
-            from distwal._election import highest_epoch
+            from distwal.leader.election import highest_epoch
 
             while t_ack is None and time.monotonic() < deadline:
                 if t_epoch is None and highest_epoch(cl.dir) > epoch:

@@ -27,7 +27,7 @@ from ._exceptions import (
 from ._handler import LoggingHandler
 from ._readback import read
 from ._status import status
-from ._writer import Writer
+from .writer import Writer
 
 __version__ = "0.1.0"
 

@@ -6,10 +6,10 @@ import os
 import threading
 from typing import Any, Mapping
 
-from . import _layout
+from . import _files, _layout
 from ._config import Config
 from ._exceptions import ConfigError
-from ._writer import Writer
+from .writer.writer import Writer
 
 _current: Writer | None = None
 _init_lock = threading.Lock()
@@ -37,8 +37,8 @@ def init(
             _check_same(running.config, config, dir, sink, durability, options)
             return running
         modes = _layout.Modes.for_config(config.shared_group)
-        _layout.prepare_dir(config.dir, modes)
-        domain = _layout.ensure_domain(config.dir, modes)
+        _files.prepare_dir(config.dir, modes)
+        domain = _files.ensure_domain(config.dir, modes)
         writer = Writer(config, domain)
         config.export()
         _current = writer

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ._env import is_multi_node, run_id_from_env
 from ._exceptions import ConfigError
-from .launch._env import is_multi_node, run_id_from_env
 
 ENV_DIR = "DISTWAL_DIR"
 ENV_SINK = "DISTWAL_SINK"

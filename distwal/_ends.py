@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from . import _layout
+from . import _files
 from ._segment import last_ts_on_disk
 
 REASONS = ("finished", "exception", "exit", "signal", "lost")
@@ -219,7 +219,7 @@ def writer_end(
 def folder_last_sign(path: str, tag: int, heartbeat: dict[str, Any] | None) -> float | None:
     """last_sign_of_life of the writer folder at `path` (the heartbeat alone if it cannot be opened)."""
     try:
-        fd = _layout.open_dir(path)
+        fd = _files.open_dir(path)
     except OSError:
         return last_sign_of_life(None, tag, heartbeat)
     try:

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import _layout
+from . import _files, _layout
 from ._layout import ADOPTED, HISTORY, WRITERS
 
 TOMBSTONE_SUFFIX = ".json"
@@ -36,7 +36,7 @@ def collect(root: str, older_than: float, dry_run: bool = False, now: float | No
     cutoff = (time.time() if now is None else now) - older_than
     result = Collected()
     try:
-        fd = _layout.open_dir(os.path.join(root, HISTORY))
+        fd = _files.open_dir(os.path.join(root, HISTORY))
     except FileNotFoundError:
         return result
     try:
@@ -45,7 +45,7 @@ def collect(root: str, older_than: float, dry_run: bool = False, now: float | No
             writer_id = name[: -len(TOMBSTONE_SUFFIX)]
             if not name.endswith(TOMBSTONE_SUFFIX) or not _layout.is_writer_id(writer_id):
                 continue  # not a tombstone: not ours to judge
-            tomb = _layout.read_json_quietly(fd, name)
+            tomb = _files.read_json_quietly(fd, name)
             removed = tomb.get("removed") if isinstance(tomb, dict) else None
             if not isinstance(removed, (int, float)) or tomb.get("writer") != writer_id:
                 continue

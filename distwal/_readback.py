@@ -14,8 +14,8 @@ import os
 from typing import Any, Iterator
 
 from ._config import Config, _redact
-from ._election import recorded_sink
 from ._exceptions import ConfigError
+from .leader.election import recorded_sink
 
 
 def sink_of(dir: str | os.PathLike[str] | None = None) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from . import _layout
+from . import _files, _layout
 from ._exceptions import LayoutError
 from ._record import writer_tag
 from ._segment import Block, Damage, open_segments, read_segment
@@ -52,7 +52,7 @@ def list_writers(root: str) -> list[WriterFiles]:
     """Every writer folder under root/writers, in id order."""
     writers_dir = os.path.join(root, _layout.WRITERS)
     try:
-        dir_fd = _layout.open_dir(writers_dir)
+        dir_fd = _files.open_dir(writers_dir)
     except FileNotFoundError:
         raise LayoutError(f"{root} is not a distwal directory (no {_layout.WRITERS}/ inside)") from None
     except NotADirectoryError:
@@ -74,7 +74,7 @@ def list_writers(root: str) -> list[WriterFiles]:
 
 def load_writer(writers_fd: int, name: str, path: str) -> WriterFiles | None:
     try:
-        fd = _layout.open_dir(name, dir_fd=writers_fd)
+        fd = _files.open_dir(name, dir_fd=writers_fd)
     except (FileNotFoundError, NotADirectoryError, OSError) as exc:
         logger.warning("distwal: ignoring %s: %s (not a directory, or a link)", path, exc.strerror)
         return None
@@ -83,7 +83,7 @@ def load_writer(writers_fd: int, name: str, path: str) -> WriterFiles | None:
         problems = []
         for key, filename in (("meta", _layout.META), ("heartbeat", _layout.HEARTBEAT), ("finish", _layout.FINISH)):
             try:
-                value = _layout.read_json(fd, filename)
+                value = _files.read_json(fd, filename)
             except LayoutError as exc:
                 problems.append(str(exc))
                 value = None
@@ -97,7 +97,7 @@ def iter_items(path: str, segment: int = 0, offset: int = 0) -> Iterator[Block |
     """Blocks and damaged spans of one writer folder, from (segment, offset) on."""
     tag = writer_tag(os.path.basename(os.path.normpath(path)))
     try:
-        dir_fd = _layout.open_dir(path)
+        dir_fd = _files.open_dir(path)
     except OSError:
         return
     try:

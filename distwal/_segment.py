@@ -13,7 +13,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
-from . import _layout
+from . import _files, _layout
 from ._layout import Modes
 from ._record import HEADER_SIZE, MAGIC, decode_body, parse_header
 
@@ -96,7 +96,7 @@ class SegmentWriter:
             self._fd = -1
             self.index += 1
         name = _layout.format_segment_name(self.index)
-        self._fd = _layout.create_file(self._dir_fd, name, self._modes, os.O_WRONLY | os.O_APPEND)
+        self._fd = _files.create_file(self._dir_fd, name, self._modes, os.O_WRONLY | os.O_APPEND)
         os.fsync(self._dir_fd)  # the segment's name is durable before anything in it counts
         self.offset = 0
 
@@ -265,4 +265,4 @@ def list_segments(dir_fd: int) -> list[tuple[int, str]]:
 
 def open_segment(dir_fd: int, name: str) -> int | None:
     """Open a segment for reading; None if it vanished or is not a regular file (a planted link)."""
-    return _layout.open_regular(dir_fd, name)
+    return _files.open_regular(dir_fd, name)

@@ -16,15 +16,16 @@ import os
 import time
 from typing import Any
 
-from . import _layout
+from . import _files, _layout
 from ._config import _redact
-from ._cursor import Position, read_cursors
-from ._election import node_local_locks, read_lease, recorded_sink
 from ._ends import LOST_DETAIL, first_failure, folder_last_sign, make_end, recorded_end, writer_end
-from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity, int_field
-from ._liveness import probe_process
+from ._files import int_field
+from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity
 from ._scan import WriterFiles, load_writer
 from ._segment import last_seq_on_disk
+from .leader.cursor import Position, read_cursors
+from .leader.election import node_local_locks, read_lease, recorded_sink
+from .leader.liveness import probe_process
 
 
 def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any
     me = Identity.of_this_process()
     book = read_cursors(root)
     lease = read_lease(root)
-    health = _layout.read_root_json(root, SENDER)
+    health = _files.read_root_json(root, SENDER)
     raw_lease: Any = (lease or {}).get("lease_s")
     lease_s = float(raw_lease) if isinstance(raw_lease, (int, float)) and raw_lease > 0 else 15.0
     writers = []
@@ -68,7 +69,7 @@ def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any
         }
     return {
         "dir": root,
-        "domain": (_layout.read_root_json(root, _layout.DOMAIN) or {}).get("domain"),
+        "domain": (_files.read_root_json(root, _layout.DOMAIN) or {}).get("domain"),
         "now": now,
         "sink": _redact(recorded_sink(root) or "") or None,
         "leader": leader,
@@ -134,7 +135,7 @@ def _writer_row(
 
 def _on_disk(files: WriterFiles, pos: Position) -> int:
     try:
-        fd = _layout.open_dir(files.path)
+        fd = _files.open_dir(files.path)
     except OSError:
         return 0
     try:
@@ -186,7 +187,7 @@ def _tombstone_end(tomb: dict[str, Any], finish: dict[str, Any]) -> dict[str, An
 
 def _folders(parent: str) -> list[WriterFiles]:
     try:
-        fd = _layout.open_dir(parent)
+        fd = _files.open_dir(parent)
     except OSError:
         return []
     try:
@@ -204,14 +205,14 @@ def _folders(parent: str) -> list[WriterFiles]:
 def _tombstones(root: str) -> list[dict[str, Any]]:
     path = os.path.join(root, HISTORY)
     try:
-        fd = _layout.open_dir(path)
+        fd = _files.open_dir(path)
     except OSError:
         return []
     try:
         found = []
         for name in sorted(os.listdir(fd)):
             if name.endswith(".json"):
-                tomb = _layout.read_json_quietly(fd, name)
+                tomb = _files.read_json_quietly(fd, name)
                 if tomb is not None:
                     found.append(tomb)
         return found
@@ -245,13 +246,13 @@ def _dir_bytes(path: str) -> int:
 def _scan_files(path: str, measure: Any) -> list[int]:
     """measure(fd) of every regular file in the folder `path`; no link is followed."""
     try:
-        dir_fd = _layout.open_dir(path)
+        dir_fd = _files.open_dir(path)
     except OSError:
         return []
     found = []
     try:
         for name in os.listdir(dir_fd):
-            fd = _layout.open_regular(dir_fd, name)
+            fd = _files.open_regular(dir_fd, name)
             if fd is not None:
                 try:
                     found.append(int(measure(fd)))

@@ -15,13 +15,14 @@ import time
 from typing import Any
 
 from .._config import ENV_SINK, Config, _redact, public_url
-from .._election import read_lease, recorded_sink, release_lease
 from .._exceptions import ConfigError
-from .._layout import Identity, Modes, check_dir, ensure_domain
-from .._leader import Elector, build_sender, owner_of
+from .._files import check_dir, ensure_domain
+from .._layout import Identity, Modes
 from .._preflight import check_open_sink
-from .._sender import LostLeadership, Sender
 from ..launch.run import delivery_line
+from ..leader.election import read_lease, recorded_sink, release_lease
+from ..leader.elector import Elector, build_sender, owner_of
+from ..leader.sender import LostLeadership, Sender
 from ._common import require_run_dir, resolve_dir
 
 POLL = 0.2  # seconds between attempts to take leadership

@@ -18,9 +18,10 @@ import time
 from typing import Any, Callable
 
 from .._config import Config, _redact
-from .._layout import Identity, Modes, ensure_domain, prepare_dir
-from .._leader import Elector, ThreadLeadership, build_sender, owner_of
+from .._files import ensure_domain, prepare_dir
+from .._layout import Identity, Modes
 from .._preflight import check_sink
+from ..leader.elector import Elector, ThreadLeadership, build_sender, owner_of
 
 logger = logging.getLogger("distwal")
 
@@ -35,7 +36,7 @@ def format_preferred(identity: Identity) -> str:
 
 def preferred_alive(value: str, me: Identity) -> bool:
     """True while the preferred leader named by `value` runs (only provable on our kernel)."""
-    from .._liveness import probe_process
+    from ..leader.liveness import probe_process
 
     try:
         boot_id, pid_ns, pid, create_time = value.split(":")

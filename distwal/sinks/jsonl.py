@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import orjson
 
 from .._exceptions import ConfigError, SinkUnavailable
-from .._layout import write_all
+from .._files import write_all
 from ._base import Batch, Sink
 
 

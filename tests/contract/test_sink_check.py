@@ -16,13 +16,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
 
+from helpers.cluster import Fault, FaultServer  # noqa: E402
+
 from distwal._exceptions import SinkPaused, SinkUnavailable  # noqa: E402
 from distwal._preflight import check_sink  # noqa: E402
 from distwal.sinks import MockSink  # noqa: E402
 from distwal.sinks.http import HTTPSink  # noqa: E402
 from distwal.sinks.jsonl import JSONLSink  # noqa: E402
 from distwal.sinks.sqlite import SQLiteSink  # noqa: E402
-from helpers.cluster import Fault, FaultServer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

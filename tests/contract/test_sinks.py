@@ -29,6 +29,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
 
+from helpers.cluster import Fault, FaultServer, check_known_bug, serve_cli  # noqa: E402
+
 from distwal._exceptions import (  # noqa: E402
     SinkError,
     SinkPaused,
@@ -42,7 +44,6 @@ from distwal.sinks import Batch, Chunk, MockSink, Sink, sink_from_url  # noqa: E
 from distwal.sinks.http import HTTPSink  # noqa: E402
 from distwal.sinks.jsonl import JSONLSink  # noqa: E402
 from distwal.sinks.sqlite import RecordStore, SQLiteSink  # noqa: E402
-from helpers.cluster import Fault, FaultServer, KnownBug, check_known_bug, serve_cli  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

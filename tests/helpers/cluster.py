@@ -438,7 +438,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def sender_pids(rank_pid: int) -> list[int]:
-    """The sender subprocesses (`python -m distwal._sender_main`) a rank started."""
+    """The sender subprocesses (`python -m distwal.leader`) a rank started."""
     import psutil
 
     try:
@@ -448,7 +448,7 @@ def sender_pids(rank_pid: int) -> list[int]:
     found = []
     for proc in children:
         try:
-            if "distwal._sender_main" in proc.cmdline():
+            if "distwal.leader" in proc.cmdline():
                 found.append(proc.pid)
         except psutil.Error:
             continue
@@ -713,7 +713,8 @@ def seqs_on_disk(wal_dir: str | os.PathLike[str]) -> dict[str, list[int]]:
 
 def domain_of(wal_dir: str | os.PathLike[str]) -> str:
     """Create the directory (as init() would) and return its domain id."""
-    from distwal._layout import Modes, ensure_domain, prepare_dir
+    from distwal._files import ensure_domain, prepare_dir
+    from distwal._layout import Modes
 
     modes = Modes.for_config(False)
     prepare_dir(os.fspath(wal_dir), modes)

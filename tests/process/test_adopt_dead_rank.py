@@ -16,7 +16,6 @@ import signal
 import time
 from contextlib import ExitStack
 
-import distwal
 import pytest
 from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     Fault,
@@ -32,6 +31,8 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     wait_until,
     writer_id_of,
 )
+
+import distwal
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 

@@ -16,7 +16,6 @@ Replay with DISTWAL_TEST_SEED=<seed>.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil

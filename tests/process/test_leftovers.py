@@ -24,15 +24,15 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     check_known_bug,
     cluster_env,
     files_named,
+    pick_seed,
     read_json,
-    seed,
     run_cli,
+    seed,
     seqs_on_disk,
     start_writer,
     wait_until,
     writer_id_of,
 )
-from helpers.cluster import pick_seed
 from helpers.procs import read_dir
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]

@@ -14,7 +14,6 @@ import random
 import threading
 from pathlib import Path
 
-import distwal
 import orjson
 import pytest
 from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
@@ -28,15 +27,17 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     cluster_env,
     domain_of,
     has_poison,
+    pick_seed,
     read_json,
-    seed,
     run_cli,
+    seed,
     start_writer,
     wait_until,
     writer_id_of,
 )
-from helpers.cluster import pick_seed
 from helpers.procs import read_dir
+
+import distwal
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
 
@@ -228,7 +229,7 @@ def test_poison_record_is_bisected_out_and_kept_as_a_dead_letter(poisoned):
     assert p["status"]["sender"]["dead_letters"] == 1, p["status"]["sender"]
     row = next(w for w in p["status"]["writers"] if w["writer"] == writer_id)
     assert row["dead_letters"] == 1 and row["acked_seq"] == 300, row
-    assert p["flushed"][0] == "False", f"flush(delivered=True) returned True though a record became a dead letter"
+    assert p["flushed"][0] == "False", "flush(delivered=True) returned True though a record became a dead letter"
 
 
 def test_flush_delivered_is_false_for_a_dead_letter_refused_before_the_call(poisoned):

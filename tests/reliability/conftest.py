@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reliability/: 
 
 from helpers.procs import hermetic_environ  # noqa: E402
 
-
 BINDFS_INSTALL = "apt-get install -y bindfs"
 
 
@@ -42,7 +41,7 @@ def finish_in_process_writers(timeout: float = 5.0) -> None:
     try:  # where the process-wide hooks live has moved before: find them either way
         writers = list(importlib.import_module("distwal._hooks").hooks.writers)
     except (ImportError, AttributeError):
-        writers = list(importlib.import_module("distwal._writer")._hooks.writers)
+        writers = list(importlib.import_module("distwal.writer.writer")._hooks.writers)
     if _api._current is not None and _api._current not in writers:
         writers.append(_api._current)
     for writer in writers:

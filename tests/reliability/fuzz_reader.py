@@ -32,7 +32,7 @@ import atheris
 import orjson
 
 with atheris.instrument_imports():
-    from distwal import _layout, _scan, _segment, _status
+    from distwal import _files, _scan, _segment, _status
     from distwal._record import encode_block, timestamps_bytes, writer_tag
     from distwal._segment import Block, Damage
 
@@ -48,7 +48,7 @@ def check_reader(segment: bytes, offset: int) -> set[tuple[int, bytes]]:
     """Read `segment` from `offset`; return the (seq, line) pairs of every block read."""
     fd = os.memfd_create("segment")
     try:
-        _layout.write_all(fd, segment)
+        _files.write_all(fd, segment)
         items = list(itertools.islice(_segment.read_segment(fd, 0, offset, writer=TAG), MAX_ITEMS))
     finally:
         os.close(fd)

@@ -26,7 +26,8 @@ from typing import Any
 
 import orjson
 
-from distwal._layout import Identity, Modes, ensure_domain, format_segment_name, format_writer_id, prepare_dir
+from distwal._files import ensure_domain, prepare_dir
+from distwal._layout import Identity, Modes, format_segment_name, format_writer_id
 from distwal._record import encode_block, timestamps_bytes, writer_tag
 
 MODES = Modes.for_config(False)

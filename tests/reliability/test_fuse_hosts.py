@@ -15,7 +15,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-
 from helpers.cluster import (
     FaultServer,
     acks_of,

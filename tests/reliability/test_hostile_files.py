@@ -740,13 +740,13 @@ WRONG_TYPED = [
     ("heartbeat", {"durable_seq": "many"}, "distwal/_status.py _writer_row int(beat['durable_seq'])", "status"),
     ("heartbeat", {"seq": [1], "dropped": {}}, "distwal/_status.py _writer_row int(beat['seq'])", "status"),
     ("finish", {"seq": "x"},
-     "distwal/_status.py _writer_row and distwal/_sender.py pending_marks/drained/retire int(finish['seq'])",
+     "distwal/_status.py _writer_row and distwal/leader/sender.py pending_marks/drained/retire int(finish['seq'])",
      "status and drain (a rank's sender too)"),
-    ("finished-finish", {"seq": [7]}, "distwal/_status.py _writer_row, distwal/_sender.py pending_marks", "status and drain"),
+    ("finished-finish", {"seq": [7]}, "distwal/_status.py _writer_row, distwal/leader/sender.py pending_marks", "status and drain"),
     ("tombstone", {"writer": "w", "meta": "not-a-dict"}, "distwal/_status.py _history_row (meta.get on a str)", "status"),
     ("tombstone", {"writer": "w", "acked_seq": "x"}, "distwal/_status.py _history_row int(tomb['acked_seq'])", "status"),
     ("leader", {"epoch": 1, "lease_s": "long"}, "distwal/_status.py status() float(lease['lease_s'])", "status"),
-    ("leader", {"epoch": "x", "ts": 1.0}, "distwal/_election.py LeaseKeeper.renew_if_due int(lease['epoch'])",
+    ("leader", {"epoch": "x", "ts": 1.0}, "distwal/leader/election.py LeaseKeeper.renew_if_due int(lease['epoch'])",
      "drain (and every leader)"),
 ]
 

@@ -31,8 +31,6 @@ from typing import Any
 
 import psutil
 import pytest
-from distwal._config import DEFAULT_HEARTBEAT_INTERVAL
-from distwal._sender import LIVENESS_EVERY
 from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     LEASE_S,
     FaultServer,
@@ -54,6 +52,9 @@ from helpers.hosts import (
     where_is,
 )
 from helpers.procs import Child
+
+from distwal._config import DEFAULT_HEARTBEAT_INTERVAL
+from distwal.leader.sender import LIVENESS_EVERY
 
 
 def _start_clock() -> float:
@@ -363,14 +364,14 @@ _SKEW = float(os.environ["TEST_CLOCK_SKEW_S"])
 _real_time, _real_time_ns = _time.time, _time.time_ns
 _time.time = lambda: _real_time() + _SKEW
 _time.time_ns = lambda: _real_time_ns() + int(_SKEW * 1e9)
-_real_write_atomic = _layout.write_atomic
+_real_write_atomic = _files.write_atomic
 
 def _skewed_write_atomic(dir_fd, name, *args, **kwargs):
     _real_write_atomic(dir_fd, name, *args, **kwargs)
     now = _time.time_ns()
     os.utime(name, ns=(now, now), dir_fd=dir_fd, follow_symlinks=False)
 
-_layout.write_atomic = _skewed_write_atomic
+_files.write_atomic = _skewed_write_atomic
 '''
 
 

@@ -10,10 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from killsuite import run_round  # tests/reliability is on sys.path (no __init__.py); it adds tests/
-
 from helpers.procs import pick_seed  # noqa: E402
+from killsuite import run_round  # tests/reliability is on sys.path (no __init__.py); it adds tests/
 
 pytestmark = [pytest.mark.process, pytest.mark.reliability, pytest.mark.timeout(300)]
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers.cluster import run_cli, wait_until
 from helpers.hosts import sim_host
 from helpers.jobs import assert_acked_in_sink_once, parse_acks, sink_rows, write_script

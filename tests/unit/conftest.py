@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-
 from helpers.procs import hermetic_environ
-
 
 
 @pytest.fixture(autouse=True)

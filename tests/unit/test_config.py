@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from distwal import ConfigError
-from distwal import _config
+from distwal import ConfigError, _config
 from distwal._config import Config
 
 # Every test passes its environment as a dict: os.environ is never read or written here,

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 from distwal._config import Config
-from distwal._election import (
+from distwal._files import ensure_domain
+from distwal._layout import Identity, Modes
+from distwal._status import status
+from distwal.leader.election import (
     LeaseKeeper,
     claim_epoch,
     format_epoch_name,
@@ -22,9 +25,7 @@ from distwal._election import (
     read_lease,
     release_lease,
 )
-from distwal._layout import Identity, Modes, ensure_domain
-from distwal._leader import Elector, owner_of
-from distwal._status import status
+from distwal.leader.elector import Elector, owner_of
 
 MODES = Modes.for_config(False)
 LEASE_S = 10.0

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 import distwal
-from distwal import _ends, _layout
+from distwal import _ends, _files
 from distwal._ends import EndNotes, first_failure, recorded_end, writer_end
 from distwal._segment import last_ts_on_disk
 
@@ -141,7 +141,7 @@ def test_last_record_time_on_disk_is_the_last_logged(tmp_path: Path):
     for i in range(5):
         w.log({"i": i})
     after = time.time()
-    fd = _layout.open_dir(str(tmp_path / "run" / "writers" / w.id))
+    fd = _files.open_dir(str(tmp_path / "run" / "writers" / w.id))
     try:
         last = last_ts_on_disk(fd, writer=w._tag)
     finally:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import re
+import shutil
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,22 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distwal import ConfigError, LayoutError
-from distwal import _layout
-from distwal._layout import (
-    Identity,
-    Modes,
-    ensure_domain,
-    format_segment_name,
-    format_writer_id,
-    is_writer_id,
-    make_subdir,
-    open_dir,
-    parse_segment_name,
-    prepare_dir,
-    read_json,
-    write_atomic,
-)
+from distwal import ConfigError, LayoutError, _files
+from distwal._files import ensure_domain, make_subdir, open_dir, prepare_dir, read_json, write_atomic
+from distwal._layout import Identity, Modes, format_segment_name, format_writer_id, is_writer_id, parse_segment_name
 
 PRIVATE = Modes.for_config(shared_group=False)
 SHARED = Modes.for_config(shared_group=True)
@@ -235,7 +222,7 @@ def test_read_json_refuses_a_directory(dir_fd: int, tmp_path: Path) -> None:
 
 def test_read_json_raises_layout_error_on_bad_json_and_oversize(dir_fd: int, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_bytes(b'{"torn": ')
-    (tmp_path / "big.json").write_bytes(b'"' + b"x" * _layout.MAX_SMALL_FILE + b'"')
+    (tmp_path / "big.json").write_bytes(b'"' + b"x" * _files.MAX_SMALL_FILE + b'"')
     with pytest.raises(LayoutError, match="bad.json"):
         read_json(dir_fd, "bad.json")
     with pytest.raises(LayoutError, match="big.json"):

@@ -6,11 +6,12 @@ import importlib.util
 import inspect
 import math
 
+import pytest
+from helpers.procs import read_dir
+
 import distwal
 import distwal.integrations.mlflow as tee
-import pytest
 from distwal.sinks.mlflow import record_entries
-from helpers.procs import read_dir
 
 
 def test_mlflow_is_not_needed():

@@ -11,16 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distwal._record import (
-    HEADER_SIZE,
-    MAGIC,
-    Header,
-    Sealed,
-    decode_body,
-    parse_header,
-    timestamps_bytes,
-    writer_tag,
-)
+from distwal._record import HEADER_SIZE, MAGIC, Header, Sealed, decode_body, parse_header, timestamps_bytes, writer_tag
 
 TAG = writer_tag("host.1.2.3.record-test")
 

@@ -20,7 +20,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from distwal import _segment
-from distwal._layout import Modes, open_dir, write_all
+from distwal._files import open_dir, write_all
+from distwal._layout import Modes
 from distwal._record import HEADER_SIZE, MAGIC, Sealed, timestamps_bytes, writer_tag
 from distwal._segment import Block, Damage, SegmentWriter, list_segments, open_segment, read_segment
 

@@ -1,4 +1,4 @@
-"""The sender's loop over many writers (distwal._sender): who is read when, and what is retired.
+"""The sender's loop over many writers (distwal.leader.sender): who is read when, and what is retired.
 
 Real writer folders made by Writer objects in this process (flushers on, no leader of their
 own); a Sender that leads the directory through a real election, shipping into a MockSink.
@@ -13,13 +13,14 @@ from typing import Any, Iterator
 import pytest
 
 import distwal
-from distwal import _sender
+from distwal.leader import sender as _sender
 from distwal._config import Config
-from distwal._layout import Identity, Modes, ensure_domain, prepare_dir
-from distwal._leader import Elector, build_sender, owner_of
-from distwal._sender import Sender
-from distwal._writer import Writer
+from distwal._files import ensure_domain, prepare_dir
+from distwal._layout import Identity, Modes
+from distwal.leader.elector import Elector, build_sender, owner_of
+from distwal.leader.sender import Sender
 from distwal.sinks._base import Batch, MockSink
+from distwal.writer.writer import Writer
 
 MODES = Modes.for_config(False)
 

@@ -9,8 +9,9 @@ import orjson
 import pytest
 
 from distwal._config import _redact, public_url
-from distwal._election import SINK, record_sink, recorded_sink
-from distwal._layout import Modes, prepare_dir
+from distwal._files import prepare_dir
+from distwal._layout import Modes
+from distwal.leader.election import SINK, record_sink, recorded_sink
 
 CASES = [
     ("http://alice:pw1@h:8/ingest?x=1&token=tk#f", "http://h:8/ingest?x=1#f", "http://***@h:8/ingest?x=1&token=***#f"),

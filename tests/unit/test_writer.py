@@ -1,4 +1,4 @@
-"""The in-process Writer (distwal._writer) and the module API (distwal._api), on tmp_path.
+"""The in-process Writer (distwal.writer.writer) and the module API (distwal._api), on tmp_path.
 
 tests/conftest.py finishes the current writer and restores os.environ after each test.
 """

@@ -19,8 +19,11 @@ from typing import Any, Callable, Protocol
 
 import orjson
 
-from ._config import Config
-from ._election import (
+from .._config import Config
+from .._hooks import hooks
+from .._layout import Identity, Modes
+from .._signals import start_background_thread
+from .election import (
     LeaderLock,
     LeaseKeeper,
     LeaseWatch,
@@ -30,11 +33,8 @@ from ._election import (
     record_sink,
     release_lease,
 )
-from ._hooks import hooks
-from ._layout import Identity, Modes
-from ._liveness import LivenessJudge, probe_process
-from ._sender import Sender
-from ._signals import start_background_thread
+from .liveness import LivenessJudge, probe_process
+from .sender import Sender
 
 logger = logging.getLogger("distwal")
 
@@ -59,7 +59,7 @@ def owner_of(identity: Identity, kind: str, name: str | None = None, **extra: An
 
 def build_sender(config: Config, epoch: int, owner: dict[str, Any], domain: str, identity: Identity) -> Sender:
     """A Sender for `config.dir` at `epoch`, with the sink and liveness rules of `config`."""
-    from .sinks import sink_from_url
+    from ..sinks import sink_from_url
 
     modes = Modes.for_config(config.shared_group)
     lease = LeaseKeeper(config.dir, epoch, owner, config.lease_s, modes)
@@ -110,14 +110,14 @@ class ThreadLeadership:
 
 
 class ProcessLeadership:
-    """The sender in a fresh interpreter that dies with this process (see _sender_main)."""
+    """The sender in a fresh interpreter that dies with this process (see leader/__main__)."""
 
     def __init__(self, config: Config, epoch: int, owner: dict[str, Any], domain: str) -> None:
         self.outcome: str | None = None
         env = dict(os.environ)
         config.export(env)
         env["DISTWAL_LEASE_S"] = str(config.lease_s)
-        args = [sys.executable, "-m", "distwal._sender_main", config.dir, str(epoch), domain,
+        args = [sys.executable, "-m", "distwal.leader", config.dir, str(epoch), domain,
                 orjson.dumps(owner).decode(), str(os.getpid())]
         with hooks.spawning:
             self._proc = subprocess.Popen(
@@ -352,6 +352,6 @@ class Elector:
 
 
 def _redact(url: str) -> str:
-    from ._config import _redact as redact
+    from .._config import _redact as redact
 
     return redact(url)

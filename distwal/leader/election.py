@@ -37,10 +37,10 @@ import orjson
 import portalocker
 from portalocker.portalocker import LockfLocker
 
-from . import _layout
-from ._config import public_url
-from ._exceptions import LayoutError
-from ._layout import Modes
+from .. import _files
+from .._config import public_url
+from .._exceptions import LayoutError
+from .._layout import Modes
 
 logger = logging.getLogger("distwal")
 
@@ -76,7 +76,7 @@ class LeaderLock:
         if self.held:
             return True
         if self._fd < 0:
-            dir_fd = _layout.open_dir(self.root)
+            dir_fd = _files.open_dir(self.root)
             try:
                 fd = os.open(
                     LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, self.modes.file,
@@ -116,12 +116,12 @@ class LeaderLock:
 
 
 def _epochs_fd(root: str, modes: Modes) -> int:
-    return _layout.ensure_subdir(root, EPOCHS, modes)
+    return _files.ensure_subdir(root, EPOCHS, modes)
 
 
 def highest_epoch(root: str) -> int:
     try:
-        fd = _layout.open_dir(os.path.join(root, EPOCHS))
+        fd = _files.open_dir(os.path.join(root, EPOCHS))
     except OSError:
         return 0
     try:
@@ -146,13 +146,13 @@ def claim_epoch(root: str, owner: dict[str, Any], modes: Modes, expected: int | 
                 return None
             epoch = current + 1
             try:
-                file_fd = _layout.create_file(fd, format_epoch_name(epoch), modes)
+                file_fd = _files.create_file(fd, format_epoch_name(epoch), modes)
             except FileExistsError:
                 if expected is not None:
                     return None  # another contender won this very epoch
                 continue  # someone claimed it first: try the one after
             try:
-                _layout.write_all(file_fd, orjson.dumps({**owner, "epoch": epoch, "ts": time.time()}))
+                _files.write_all(file_fd, orjson.dumps({**owner, "epoch": epoch, "ts": time.time()}))
                 os.fsync(file_fd)
             finally:
                 os.close(file_fd)
@@ -175,7 +175,7 @@ def _epoch_of(lease: dict[str, Any]) -> int:
 
 
 def read_lease(root: str) -> dict[str, Any] | None:
-    return _layout.read_root_json(root, LEASE)
+    return _files.read_root_json(root, LEASE)
 
 
 def release_lease(root: str, epoch: int, modes: Modes) -> None:
@@ -185,7 +185,7 @@ def release_lease(root: str, epoch: int, modes: Modes) -> None:
         return
     lease.update(released=True, ts=time.time())
     try:
-        _layout.write_root_json(root, LEASE, lease, modes, durable=False)
+        _files.write_root_json(root, LEASE, lease, modes, durable=False)
     except OSError:
         pass
 
@@ -196,10 +196,10 @@ def lease_epoch(lease: dict[str, Any] | None) -> int:
 
 def note_node_local_locks(root: str, host: str, modes: Modes) -> None:
     """Record, for status, that a lock held here did not exclude a live leader elsewhere."""
-    if _layout.read_root_json(root, LOCKS_NOTE) is not None:
+    if _files.read_root_json(root, LOCKS_NOTE) is not None:
         return
     try:
-        _layout.write_root_json(root, LOCKS_NOTE, {"node_local": True, "seen_from": host, "ts": time.time()},
+        _files.write_root_json(root, LOCKS_NOTE, {"node_local": True, "seen_from": host, "ts": time.time()},
                                 modes, durable=False)
     except OSError as exc:
         logger.debug("distwal: cannot record node-local locks: %s", exc)
@@ -208,11 +208,11 @@ def note_node_local_locks(root: str, host: str, modes: Modes) -> None:
 
 def node_local_locks(root: str) -> dict[str, Any] | None:
     """The note written by note_node_local_locks, or None."""
-    return _layout.read_root_json(root, LOCKS_NOTE)
+    return _files.read_root_json(root, LOCKS_NOTE)
 
 
 def recorded_sink(root: str) -> str | None:
-    found = _layout.read_root_json(root, SINK)
+    found = _files.read_root_json(root, SINK)
     return None if found is None else found.get("sink")
 
 
@@ -225,10 +225,10 @@ def record_sink(root: str, sink: str, modes: Modes) -> str:
     which the caller needs to connect).
     """
     public = public_url(sink)
-    fd = _layout.open_dir(root)
+    fd = _files.open_dir(root)
     try:
-        _layout.create_once(fd, SINK, orjson.dumps({"sink": public, "ts": time.time()}), modes)
-        found = _layout.read_json(fd, SINK)
+        _files.create_once(fd, SINK, orjson.dumps({"sink": public, "ts": time.time()}), modes)
+        found = _files.read_json(fd, SINK)
     finally:
         os.close(fd)
     recorded = str(found["sink"]) if isinstance(found, dict) and "sink" in found else public
@@ -270,7 +270,7 @@ class LeaseKeeper:
         self.renewals += 1
         body = {**self.owner, "epoch": self.epoch, "n": self.renewals, "ts": time.time(), "lease_s": self.lease_s}
         try:
-            _layout.write_root_json(self.root, LEASE, body, self.modes, durable=False)
+            _files.write_root_json(self.root, LEASE, body, self.modes, durable=False)
         except OSError as exc:
             logger.warning("distwal: cannot renew the lease: %s", exc)
             return self.clock() - self._renewed_at < self.lease_s

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from . import _layout
-from ._layout import Modes
+from .. import _files
+from .._layout import Modes
 
 CURSORS = "cursors.json"
 MAX_CURSORS_FILE = 64 << 20  # bytes: generous, ~100 bytes a writer
@@ -36,7 +36,7 @@ class Position:
 
 def read_cursors(root: str) -> dict[str, Position]:
     """Every writer's saved cursor; empty when there is no book or it is unreadable."""
-    raw = _layout.read_root_json(root, CURSORS, MAX_CURSORS_FILE)  # damaged: start over (at-least-once)
+    raw = _files.read_root_json(root, CURSORS, MAX_CURSORS_FILE)  # damaged: start over (at-least-once)
     book = {}
     if isinstance(raw, dict) and isinstance(raw.get("writers"), dict):
         for writer_id, entry in raw["writers"].items():
@@ -49,7 +49,7 @@ def read_cursors(root: str) -> dict[str, Position]:
 
 def write_cursors(root: str, book: dict[str, Position], epoch: int, modes: Modes) -> None:
     body = {"epoch": epoch, "writers": {writer_id: asdict(pos) for writer_id, pos in book.items()}}
-    _layout.write_root_json(root, CURSORS, body, modes)
+    _files.write_root_json(root, CURSORS, body, modes)
 
 
 _FIELDS = frozenset(Position.__dataclass_fields__)

@@ -13,11 +13,12 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
-from . import _layout
-from ._cursor import Position
-from ._layout import Modes, int_field
-from ._scan import WriterFiles
-from ._segment import Block, Damage, read_segment
+from .. import _files, _layout
+from .._files import int_field
+from .._layout import Modes
+from .._scan import WriterFiles
+from .._segment import Block, Damage, read_segment
+from .cursor import Position
 
 logger = logging.getLogger("distwal")
 
@@ -47,7 +48,7 @@ class Tracked:
         return self.files.finish
 
     def heartbeat(self) -> dict[str, Any] | None:
-        beat: dict[str, Any] | None = _layout.read_json_quietly(self.dir_fd, _layout.HEARTBEAT)
+        beat: dict[str, Any] | None = _files.read_json_quietly(self.dir_fd, _layout.HEARTBEAT)
         return beat
 
     def may_have_moved_on(self, size: int) -> bool:
@@ -98,7 +99,7 @@ class FolderReader:
         """Blocks and damage from the writer's cursor on, across segments."""
         segment, offset = t.pos.segment, t.pos.offset
         while True:
-            fd = _layout.open_regular(t.dir_fd, _layout.format_segment_name(segment))
+            fd = _files.open_regular(t.dir_fd, _layout.format_segment_name(segment))
             if fd is None:
                 later = t.later_segment(segment)
                 if later is None:
@@ -153,11 +154,11 @@ class FolderReader:
 
     def _quarantine(self, t: Tracked, segment: int, start: int, end: int) -> None:
         name = f"{t.id}.{segment:08x}.{start}.bin"
-        src = _layout.open_regular(t.dir_fd, _layout.format_segment_name(segment))
+        src = _files.open_regular(t.dir_fd, _layout.format_segment_name(segment))
         if src is None:
             return
         try:
-            copied = _layout.copy_once(src, start, end, self._quarantine_fd, name, self._modes)
+            copied = _files.copy_once(src, start, end, self._quarantine_fd, name, self._modes)
         except OSError as exc:
             logger.error("distwal: writer %s: cannot quarantine %d bytes: %s", t.id, end - start, exc)
             copied = 0

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._layout import Identity
+from .._layout import Identity
 
 _CREATE_TIME_TOLERANCE = 0.5  # seconds: psutil rounds start times to clock ticks
 _STALL_FRACTION = 3  # a scan gap longer than lease_s / 3 resets the timers

@@ -19,17 +19,18 @@ from typing import Any, Callable
 
 import orjson
 
-from . import _layout
-from ._cursor import Position, read_cursors, write_cursors
-from ._election import LeaseKeeper
-from ._ends import last_sign_of_life, writer_end
-from ._exceptions import SinkError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
-from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes, int_field
-from ._liveness import LivenessJudge
-from ._reading import FolderReader, Tracked
-from ._scan import ENVELOPE_KEYS, load_writer
-from ._segment import Damage, last_seq_on_disk
-from .sinks import Batch, Chunk, Sink
+from .. import _files, _layout
+from .._ends import last_sign_of_life, writer_end
+from .._exceptions import SinkError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
+from .._files import int_field
+from .._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes
+from .._scan import ENVELOPE_KEYS, load_writer
+from .._segment import Damage, last_seq_on_disk
+from ..sinks import Batch, Chunk, Sink
+from .cursor import Position, read_cursors, write_cursors
+from .election import LeaseKeeper
+from .liveness import LivenessJudge
+from .reading import FolderReader, Tracked
 
 logger = logging.getLogger("distwal")
 
@@ -117,7 +118,7 @@ class Sender:
         self._backoff = BACKOFF_MIN
         # Descriptors, not paths, from here on: a symlink planted for one of these names is
         # refused once, here, and never followed later.
-        self._fds = {sub: _layout.ensure_subdir(root, sub, modes)
+        self._fds = {sub: _files.ensure_subdir(root, sub, modes)
                      for sub in (_layout.WRITERS, ADOPTED, HISTORY, DEADLETTERS, QUARANTINE)}
         self.reader = FolderReader(self._fds[QUARANTINE], modes, judge.lease_s, clock, self._move)
 
@@ -252,7 +253,7 @@ class Sender:
         if files is None or files.meta is None:
             return  # no metadata yet: a writer being born, or debris we do not touch
         try:
-            dir_fd = _layout.open_dir(name, dir_fd=parent_fd)
+            dir_fd = _files.open_dir(name, dir_fd=parent_fd)
         except OSError:
             return
         adopted = sub == ADOPTED
@@ -278,8 +279,8 @@ class Sender:
             # heartbeat changed (or on first sight), not at every check of every writer.
             if token != t.heartbeat_token or not self.judge.seen(t.id):
                 t.heartbeat_token = token
-                if _layout.exists(t.dir_fd, _layout.FINISH):
-                    t.files.finish = _layout.read_json_quietly(t.dir_fd, _layout.FINISH)
+                if _files.exists(t.dir_fd, _layout.FINISH):
+                    t.files.finish = _files.read_json_quietly(t.dir_fd, _layout.FINISH)
                     t.exhausted = False
                     if t.files.finish is not None:
                         self._ending.add(t.id)
@@ -436,7 +437,7 @@ class Sender:
             try:
                 for envelope in chunk.envelopes():
                     line = orjson.dumps({"reason": str(exc)[:500], "envelope": orjson.Fragment(envelope)})
-                    _layout.write_all(file_fd, line + b"\n")
+                    _files.write_all(file_fd, line + b"\n")
                 os.fsync(file_fd)
             finally:
                 os.close(file_fd)
@@ -523,8 +524,8 @@ class Sender:
             "quarantined_bytes": t.quarantined,
             "removed": time.time(),
         }
-        _layout.write_atomic(self._fds[HISTORY], f"{t.id}.json", orjson.dumps(tombstone), self.modes)
-        _layout.remove_folder(self._fds[t.parent], t.id, t.dir_fd)
+        _files.write_atomic(self._fds[HISTORY], f"{t.id}.json", orjson.dumps(tombstone), self.modes)
+        _files.remove_folder(self._fds[t.parent], t.id, t.dir_fd)
         t.close()
         del self.writers[t.id]
         self._ending.discard(t.id)
@@ -566,7 +567,7 @@ class Sender:
             "ts": time.time(),
         }
         try:
-            _layout.write_root_json(self.root, SENDER, body, self.modes, durable=False)
+            _files.write_root_json(self.root, SENDER, body, self.modes, durable=False)
         except OSError as exc:
             logger.debug("distwal: cannot write %s: %s", SENDER, exc)
 
@@ -588,7 +589,7 @@ def _end_of(t: Tracked) -> dict[str, Any] | None:
 
 
 def _redact(url: str) -> str:
-    from ._config import _redact as redact
+    from .._config import _redact as redact
 
     return redact(url)
 

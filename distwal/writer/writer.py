@@ -23,16 +23,16 @@ from typing import Any
 
 import orjson
 
-from . import _layout
-from ._config import Config
-from ._ends import end_in_flight, make_end
-from ._exceptions import ClosedError, FullError
-from ._hooks import hooks
-from ._layout import Identity, Modes
-from ._record import BLOCK_BYTES, Sealed, timestamps_bytes, writer_tag
-from ._segment import SegmentWriter
-from ._signals import start_background_thread
-from .launch._env import rank_from_env
+from .. import _files, _layout
+from .._config import Config
+from .._ends import end_in_flight, make_end
+from .._env import rank_from_env
+from .._exceptions import ClosedError, FullError
+from .._hooks import hooks
+from .._layout import Identity, Modes
+from .._record import BLOCK_BYTES, Sealed, timestamps_bytes, writer_tag
+from .._segment import SegmentWriter
+from .._signals import start_background_thread
 
 logger = logging.getLogger("distwal")
 
@@ -156,9 +156,9 @@ class Writer:
         self.id = _layout.format_writer_id(self.identity)
         self._tag = writer_tag(self.id)
         self._path = os.path.join(self.config.dir, _layout.WRITERS, self.id)
-        writers_fd = _layout.open_dir(os.path.dirname(self._path))
+        writers_fd = _files.open_dir(os.path.dirname(self._path))
         try:
-            self._dir_fd = _layout.make_subdir(writers_fd, self.id, self._modes)
+            self._dir_fd = _files.make_subdir(writers_fd, self.id, self._modes)
         finally:
             os.close(writers_fd)
         st = os.fstat(self._dir_fd)
@@ -185,7 +185,7 @@ class Writer:
             "continues": continues,
             "started": time.time(),
         }
-        _layout.write_atomic(self._dir_fd, _layout.META, orjson.dumps(self.meta), self._modes)
+        _files.write_atomic(self._dir_fd, _layout.META, orjson.dumps(self.meta), self._modes)
         self._segments = SegmentWriter(
             self._dir_fd, self._modes, self.config.segment_bytes, sync_on_seal=self._fdatasync
         )
@@ -221,14 +221,14 @@ class Writer:
                 "distwal: %s was removed while writer %s ran; what it held on disk is gone; recreating it "
                 "for what comes next", self.config.dir, old,
             )
-            _layout.prepare_dir(self.config.dir, self._modes)
-            self.domain = _layout.ensure_domain(self.config.dir, self._modes)
+            _files.prepare_dir(self.config.dir, self._modes)
+            self.domain = _files.ensure_domain(self.config.dir, self._modes)
         self._claim_folder(first_seq=self._durable_seq + 1, continues=old)
         logger.warning("distwal: writer %s lost its folder (adopted, or removed); continuing as %s", old, self.id)
 
     def _make_elector(self) -> Any:
-        from ._leader import Elector, ProcessLeadership, owner_of
-        from .launch.run import ENV_PREFERRED, preferred_alive
+        from ..launch.run import ENV_PREFERRED, preferred_alive
+        from ..leader.elector import Elector, ProcessLeadership, owner_of
 
         owner = owner_of(self.identity, "rank", self.id, rank=self.meta["rank"])
         config, domain, identity = self.config, self.domain, self.identity
@@ -347,8 +347,8 @@ class Writer:
     def _wait_delivered(self, target: int, deadline: float) -> bool:
         """Poll the cursor book until the sink acknowledged `target`; False on a dead letter,
         at the deadline, or once no leader lease has moved for lease_s."""
-        from ._cursor import Position, read_cursors
-        from ._election import LeaseWatch
+        from ..leader.cursor import Position, read_cursors
+        from ..leader.election import LeaseWatch
 
         if target == 0:
             return True
@@ -593,7 +593,7 @@ class Writer:
         return pending >= budget
 
     def _refresh_acked(self) -> None:
-        from ._cursor import read_cursors
+        from ..leader.cursor import read_cursors
 
         pos = read_cursors(self.config.dir).get(self.id)
         if pos is not None:
@@ -623,7 +623,7 @@ class Writer:
             "dropped": self._dropped,
             "error": self._last_error,
         }
-        _layout.write_atomic(self._dir_fd, _layout.HEARTBEAT, orjson.dumps(beat), self._modes, durable=False)
+        _files.write_atomic(self._dir_fd, _layout.HEARTBEAT, orjson.dumps(beat), self._modes, durable=False)
 
     def _write_finish_mark(self, lost: int, end: dict[str, Any]) -> None:
         segment, offset = self._durable_at
@@ -636,7 +636,7 @@ class Writer:
             "lost": lost,  # records logged but not durable at the finish
             "end": end,  # how the process ended (see _ends)
         }
-        _layout.write_atomic(self._dir_fd, _layout.FINISH, orjson.dumps(mark), self._modes)
+        _files.write_atomic(self._dir_fd, _layout.FINISH, orjson.dumps(mark), self._modes)
         self._marked = True
 
     # -- process events -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The sender process a leading rank starts: `python -m distwal._sender_main DIR EPOCH DOMAIN OWNER PPID`.
+"""The sender process a leading rank starts: `python -m distwal.leader DIR EPOCH DOMAIN OWNER PPID`.
 
 It dies with its parent: PR_SET_PDEATHSIG on Linux, and EOF on stdin everywhere. The
 parent may write "drain SECONDS" (ship what finished and dead writers left, then exit)
@@ -16,11 +16,11 @@ import threading
 
 import orjson
 
-from ._config import Config
-from ._layout import Identity
-from ._leader import build_sender
-from ._preflight import check_open_sink
-from ._signals import start_background_thread
+from .._config import Config
+from .._layout import Identity
+from .._preflight import check_open_sink
+from .._signals import start_background_thread
+from .elector import build_sender
 
 _PR_SET_PDEATHSIG = 1
 
