@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Mapping
 
 import orjson
@@ -334,27 +334,16 @@ class Sender:
         if not force and now < self._next_health:
             return
         self._next_health = now + HEALTH_EVERY
-        h = self.health
         body = {
             "epoch": self.lease.epoch,
             "owner": self.lease.owner,
             "sink": _redact(self.sink_url),
-            "state": h.state,
-            "errors": h.errors,
-            "retries": h.retries,
-            "last_error": h.last_error,
-            "last_success": h.last_success,
-            "acked_records": h.acked_records,
-            "acked_batches": h.acked_batches,
-            "dead_letters": h.dead_letters,
+            **asdict(self.health),
             # accepted, then reported dropped by the sink (OTLP partial_success): never silent
             "sink_rejected": self.sink.rejected_records,
             "quarantined_bytes": self.reader.quarantined_bytes,
             "torn_bytes": self.reader.torn_bytes,
-            "adopted": h.adopted,
-            "retired": h.retired,
             "writers": len(self.roster.writers),
-            "started": h.started,
             "ts": time.time(),
         }
         try:
