@@ -262,3 +262,65 @@ class Tombstone:
             "quarantined_bytes": self.quarantined_bytes,
             "removed": self.removed,
         })
+
+
+@dataclass(frozen=True)
+class Lease:
+    """leader.json: who leads, at which epoch; replaced at every renewal (leader/election).
+
+    The owner's fields (owner .. locked) are what the elector claims with; a contender on
+    the same kernel proves a silent holder dead from boot_id, pid_ns, pid and create_time.
+    rank and locked are written only by the owners that have them, released only once set.
+    """
+
+    owner: str | None = None  # the owner's name: a writer id, or kind-host-pid
+    kind: str | None = None  # "rank", "sidecar" or "drain"
+    host: str | None = None
+    pid: int | None = None
+    boot_id: str | None = None
+    pid_ns: int | None = None
+    create_time: float | None = None
+    rank: int | None = None
+    locked: bool | None = None  # the owner held the lock when it claimed (issue 11)
+    epoch: int = 0
+    n: int = 0  # renewals
+    ts: float | None = None  # unix time of the last renewal (or of the release)
+    lease_s: float | None = None  # how long the owner may go without renewing
+    released: bool = False
+
+    @classmethod
+    def parse(cls, raw: Any) -> Lease | None:
+        if not isinstance(raw, dict):
+            return None
+        locked = raw.get("locked")
+        lease_s = _float_or_none(raw.get("lease_s"))
+        return cls(
+            owner=_str_or_none(raw.get("owner")),
+            kind=_str_or_none(raw.get("kind")),
+            host=_str_or_none(raw.get("host")),
+            pid=_int_or_none(raw.get("pid")),
+            boot_id=_str_or_none(raw.get("boot_id")),
+            pid_ns=_int_or_none(raw.get("pid_ns")),
+            create_time=_float_or_none(raw.get("create_time")),
+            rank=_int_or_none(raw.get("rank")),
+            locked=locked if isinstance(locked, bool) else None,
+            epoch=int_field(raw.get("epoch")),
+            n=int_field(raw.get("n")),
+            ts=_float_or_none(raw.get("ts")),
+            lease_s=lease_s if lease_s is not None and lease_s > 0 else None,
+            released=bool(raw.get("released")),  # any true value, as every reader took it
+        )
+
+    def to_bytes(self) -> bytes:
+        body: dict[str, Any] = {
+            "owner": self.owner, "kind": self.kind, "host": self.host, "pid": self.pid, "boot_id": self.boot_id,
+            "pid_ns": self.pid_ns, "create_time": self.create_time,
+        }
+        if self.rank is not None or self.kind == "rank":
+            body["rank"] = self.rank
+        if self.locked is not None:
+            body["locked"] = self.locked
+        body.update(epoch=self.epoch, n=self.n, ts=self.ts, lease_s=self.lease_s)
+        if self.released:
+            body["released"] = True
+        return orjson.dumps(body)

@@ -21,7 +21,7 @@ from ._config import _redact
 from ._ends import LOST_DETAIL, first_failure, folder_last_sign, make_end, recorded_end, writer_end
 from ._folder import WriterFiles, list_folders
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity
-from ._marks import Heartbeat, Meta, Tombstone
+from ._marks import Heartbeat, Lease, Meta, Tombstone
 from ._segment import last_seq_on_disk
 from .leader.cursor import Position, read_cursors
 from .leader.election import node_local_locks, read_lease, recorded_sink
@@ -41,10 +41,9 @@ def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any
     now = time.time()
     me = Identity.of_this_process()
     book = read_cursors(root)
-    lease = read_lease(root)
+    lease = Lease.parse(read_lease(root))
     health = _files.read_root_json(root, SENDER)
-    raw_lease: Any = (lease or {}).get("lease_s")
-    lease_s = float(raw_lease) if isinstance(raw_lease, (int, float)) and raw_lease > 0 else 15.0
+    lease_s = (lease.lease_s if lease is not None else None) or 15.0
     writers = []
     for sub, adopted in ((_layout.WRITERS, False), (ADOPTED, True)):
         for files in list_folders(os.path.join(root, sub)):
@@ -58,14 +57,14 @@ def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any
     leader = None
     if lease is not None:
         leader = {
-            "epoch": lease.get("epoch"),
-            "owner": lease.get("owner"),
-            "kind": lease.get("kind"),
-            "host": lease.get("host"),
-            "pid": lease.get("pid"),
-            "renewals": lease.get("n"),
-            "heartbeat_age": _age(now, lease.get("ts")),
-            "alive": not lease.get("released") and (_age(now, lease.get("ts")) or 0.0) < lease_s,
+            "epoch": lease.epoch,
+            "owner": lease.owner,
+            "kind": lease.kind,
+            "host": lease.host,
+            "pid": lease.pid,
+            "renewals": lease.n,
+            "heartbeat_age": _age(now, lease.ts),
+            "alive": not lease.released and (_age(now, lease.ts) or 0.0) < lease_s,
         }
     return {
         "dir": root,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -9,7 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distwal._marks import Finish, Heartbeat, Meta, Tombstone, int_field
+from distwal._layout import Identity, Modes
+from distwal._marks import Finish, Heartbeat, Lease, Meta, Tombstone, int_field
+from distwal.leader.election import LeaseKeeper, release_lease
+from distwal.leader.elector import owner_of
 
 # What a writer of this version writes (writer/writer.py), key for key.
 META_ON_DISK = {
@@ -56,6 +61,7 @@ def test_a_mark_that_is_not_a_json_object_is_none(raw: Any) -> None:
     assert Heartbeat.parse(raw) is None
     assert Finish.parse(raw) is None
     assert Tombstone.parse(raw) is None
+    assert Lease.parse(raw) is None
 
 
 # The wrong types tests/reliability/test_hostile_files.py WRONG_TYPED pins (each crashed a reader once).
@@ -102,12 +108,47 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
-_keys = st.sampled_from(sorted({*META_ON_DISK, *HEARTBEAT_ON_DISK, *FINISH_ON_DISK, *TOMBSTONE_ON_DISK}))
+_LEASE_KEYS = ("owner", "kind", "rank", "locked", "epoch", "n", "lease_s", "released")
+_keys = st.sampled_from(sorted({*META_ON_DISK, *HEARTBEAT_ON_DISK, *FINISH_ON_DISK, *TOMBSTONE_ON_DISK, *_LEASE_KEYS}))
 
 
 @given(st.dictionaries(_keys, _json, max_size=8))
 def test_any_object_parses_and_writes_back_as_json(raw: dict[str, Any]) -> None:
-    for kind in (Meta, Heartbeat, Finish, Tombstone):
+    for kind in (Meta, Heartbeat, Finish, Tombstone, Lease):
         mark = kind.parse(raw)
         assert mark is not None
         assert kind.parse(orjson.loads(mark.to_bytes())) == mark, kind.__name__
+
+
+# -- the lease ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,name,extra", [("rank", "w-1", {"rank": 3}), ("sidecar", None, {}), ("drain", None, {})])
+@pytest.mark.parametrize("locked", [True, False, None])
+def test_the_lease_a_leader_writes_and_releases_reads_back_to_the_same_bytes(
+    tmp_path: Path, kind: str, name: str | None, extra: dict[str, Any], locked: bool | None
+) -> None:
+    owner = owner_of(Identity.of_this_process(), kind, name, **extra)
+    if locked is not None:
+        owner["locked"] = locked  # as the elector notes it once it claimed
+    modes = Modes.for_config(shared_group=False)
+    assert LeaseKeeper(str(tmp_path), 4, owner, 5.0, modes).renew_if_due()
+    raw = (tmp_path / "leader.json").read_bytes()
+    lease = Lease.parse(orjson.loads(raw))
+    assert lease is not None and lease.to_bytes() == raw
+    assert (lease.epoch, lease.n, lease.kind, lease.pid, lease.lease_s, lease.released) == (
+        4, 1, kind, os.getpid(), 5.0, False)
+    release_lease(str(tmp_path), 4, modes)
+    raw = (tmp_path / "leader.json").read_bytes()
+    released = Lease.parse(orjson.loads(raw))
+    assert released is not None and released.released and released.to_bytes() == raw
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ({"epoch": "x", "ts": 1.0}, Lease(ts=1.0)),
+    ({"epoch": 1, "lease_s": "long"}, Lease(epoch=1)),
+    ({"lease_s": -3, "n": 2.5, "pid": True, "locked": "yes"}, Lease()),
+    ({"released": 1}, Lease(released=True)),
+])
+def test_lease_fields_of_the_wrong_type_read_as_absent(raw: dict[str, Any], expected: Lease) -> None:
+    assert Lease.parse(raw) == expected
