@@ -19,14 +19,12 @@ import time
 from collections import deque
 from typing import Any, Callable, Mapping
 
-import orjson
-
 from .. import _files, _layout
 from .._ends import last_sign_of_life, writer_end
 from .._exceptions import SinkError
-from .._files import int_field
+from .._folder import load_writer
 from .._layout import ADOPTED, HISTORY, Modes
-from .._scan import load_writer
+from .._marks import Finish, Tombstone
 from .._segment import last_seq_on_disk
 from ..sinks import Sink
 from .cursor import Position, read_cursors, write_cursors
@@ -115,7 +113,7 @@ class Roster:
         tracked = Tracked(files, dir_fd, self.book.get(name, Position()), parent=sub,
                           adopted_at=self.clock() if adopted else None)
         if adopted:
-            tracked.same_kernel_dead = self.judge.same_kernel(files.meta or {})
+            tracked.same_kernel_dead = self.judge.same_kernel(files.meta)
         self.writers[name] = tracked
         self.order.append(name)
         if adopted or files.finish is not None:
@@ -136,7 +134,7 @@ class Roster:
             if token != t.heartbeat_token or not self.judge.seen(t.id):
                 t.heartbeat_token = token
                 if _files.exists(t.dir_fd, _layout.FINISH):
-                    t.files.finish = _files.read_json_quietly(t.dir_fd, _layout.FINISH)
+                    t.files.finish = Finish.parse(_files.read_json_quietly(t.dir_fd, _layout.FINISH))
                     t.exhausted = False
                     if t.files.finish is not None:
                         self._ending.add(t.id)
@@ -158,12 +156,12 @@ class Roster:
         t.files.path = os.path.join(self.root, ADOPTED, t.id)
         t.adopted_at = self.clock()
         self._ending.add(t.id)
-        t.same_kernel_dead = self.judge.same_kernel(t.files.meta or {})
+        t.same_kernel_dead = self.judge.same_kernel(t.meta)
         t.exhausted = False
         t.next_check = 0.0
         self.judge.forget(t.id)
         self.health.adopted += 1
-        logger.info("distwal: adopted dead writer %s (rank %s)", t.id, (t.files.meta or {}).get("rank"))
+        logger.info("distwal: adopted dead writer %s (rank %s)", t.id, t.meta.rank)
 
     # -- the cursor book ------------------------------------------------------------------
 
@@ -195,7 +193,7 @@ class Roster:
             if not t.exhausted:
                 continue
             if t.finished is not None:
-                if t.pos.seq < _finish_seq(t):
+                if t.pos.seq < t.finished.durable_seq:
                     continue
             elif t.adopted_at is None:
                 continue
@@ -206,23 +204,23 @@ class Roster:
     def _remove(self, t: Tracked) -> None:
         end = _end_of(t)
         try:
-            self.sink.writer_done(t.id, t.files.meta or {}, end)
+            self.sink.writer_done(t.id, t.meta.who, end)
         except SinkError as exc:
             logger.warning("distwal: sink could not close writer %s, retrying later: %s", t.id, exc)
             return
         self.save_book()  # the cursor is durable before the files it covers go
-        tombstone = {
-            "writer": t.id,
-            "meta": t.files.meta,
-            "finish": t.finished,
-            "state": "finished" if t.finished is not None else "adopted",
-            "end": end,
-            "acked_seq": t.pos.seq,
-            "dead_letters": t.pos.dead,
-            "quarantined_bytes": t.quarantined,
-            "removed": time.time(),
-        }
-        _files.write_atomic(self._fds[HISTORY], f"{t.id}.json", orjson.dumps(tombstone), self.modes)
+        tombstone = Tombstone(
+            writer=t.id,
+            meta=t.meta,
+            finish=t.finished,
+            state="finished" if t.finished is not None else "adopted",
+            end=end,
+            acked_seq=t.pos.seq,
+            dead_letters=t.pos.dead,
+            quarantined_bytes=t.quarantined,
+            removed=time.time(),
+        )
+        _files.write_atomic(self._fds[HISTORY], _layout.format_tombstone_name(t.id), tombstone.to_bytes(), self.modes)
         _files.remove_folder(self._fds[t.parent], t.id, t.dir_fd)
         t.close()
         del self.writers[t.id]
@@ -237,11 +235,11 @@ class Roster:
     # -- what a drain waits for -----------------------------------------------------------
 
     def pending_marks(self) -> dict[str, int]:
-        """Each known writer's last seq now: its finish mark, heartbeat, or what is on disk."""
+        """Each known writer's last durable seq now: its finish mark, heartbeat, or what is on disk."""
         marks = {}
         for t in self.writers.values():
-            mark = t.finished or t.heartbeat() or {}
-            noted = int_field(mark.get("durable_seq", mark.get("seq")))
+            mark = t.finished or t.heartbeat()
+            noted = 0 if mark is None else mark.durable_seq
             marks[t.id] = max(noted, last_seq_on_disk(t.dir_fd, t.pos.segment, t.pos.offset, writer=t.files.tag))
         return marks
 
@@ -257,7 +255,7 @@ class Roster:
         if self.settling():
             return False
         for t in self.writers.values():
-            if t.finished is not None and (not t.exhausted or t.pos.seq < _finish_seq(t)):
+            if t.finished is not None and (not t.exhausted or t.pos.seq < t.finished.durable_seq):
                 return False
             if t.pos.seq < marks.get(t.id, 0):
                 return False
@@ -273,7 +271,7 @@ class Roster:
                 continue
             if t.adopted_at is not None:
                 waiting.append(t.id)
-            elif not self.judge.same_kernel(t.files.meta or {}) and not self.judge.seen_beating(t.id):
+            elif not self.judge.same_kernel(t.meta) and not self.judge.seen_beating(t.id):
                 waiting.append(t.id)
         return waiting
 
@@ -283,7 +281,7 @@ class Roster:
 
     def finished_pending(self) -> int:
         """Records finished writers still have to deliver."""
-        return sum(max(0, _finish_seq(t) - t.pos.seq) for t in self.writers.values() if t.finished is not None)
+        return sum(max(0, t.finished.durable_seq - t.pos.seq) for t in self.writers.values() if t.finished is not None)
 
     def close(self) -> None:
         try:
@@ -293,10 +291,6 @@ class Roster:
                 t.close()
             for fd in self._fds.values():
                 os.close(fd)
-
-
-def _finish_seq(t: Tracked) -> int:
-    return int_field((t.finished or {}).get("seq"))
 
 
 def _end_of(t: Tracked) -> dict[str, Any] | None:

@@ -22,8 +22,6 @@ import orjson
 from .. import _files, _layout
 from .._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
 from .._layout import DEADLETTERS, QUARANTINE, SENDER, Modes
-from .._scan import ENVELOPE_KEYS
-from .._segment import Damage
 from ..sinks import Batch, Chunk, Sink
 from .cursor import Position
 from .election import LeaseKeeper, LostLeadership
@@ -95,7 +93,7 @@ class Sender:
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
         self._fds = {sub: _files.ensure_subdir(root, sub, modes) for sub in (DEADLETTERS, QUARANTINE)}
-        self.reader = FolderReader(self._fds[QUARANTINE], modes, judge.lease_s, clock, self.roster.move)
+        self.reader = FolderReader(self._fds[QUARANTINE], modes, judge.lease_s, clock)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -179,9 +177,8 @@ class Sender:
         for i, t in due:
             got = 0
             for item in self.reader.items(t):
-                if isinstance(item, Damage):
-                    if not self.reader.skip_damage(t, item):
-                        break
+                if isinstance(item, Position):  # past a damaged span, or onto the next segment
+                    self.roster.move(t, item)
                     continue
                 start = max(0, t.pos.seq + 1 - item.first_seq)
                 if start >= len(item.lines):
@@ -189,7 +186,7 @@ class Sender:
                 take = min(len(item.lines) - start, self.batch_records - count)
                 lines = item.lines[start : start + take]
                 chunks.append(
-                    Chunk(t.id, t.files.meta or {}, t.files.envelope_prefix(), item.first_seq + start,
+                    Chunk(t.id, t.meta.who, t.files.envelope_prefix, item.first_seq + start,
                           item.ts[start : start + take], lines)
                 )
                 spans.setdefault(t.id, []).append(
@@ -284,7 +281,7 @@ class Sender:
         fd = self._fds[DEADLETTERS]
         for chunk in batch.chunks:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            file_fd = os.open(f"{chunk.writer}.ndjson", flags, self.modes.file, dir_fd=fd)
+            file_fd = os.open(_layout.format_deadletter_name(chunk.writer), flags, self.modes.file, dir_fd=fd)
             try:
                 for envelope in chunk.envelopes():
                     line = orjson.dumps({"reason": str(exc)[:500], "envelope": orjson.Fragment(envelope)})
@@ -366,4 +363,4 @@ def _redact(url: str) -> str:
     return redact(url)
 
 
-__all__ = ["ENVELOPE_KEYS", "LostLeadership", "Sender"]
+__all__ = ["LostLeadership", "Sender"]

@@ -7,16 +7,18 @@ silence). Another host: only a heartbeat that has not moved for a lease, on our 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import psutil
 
 from distwal._layout import Identity
+from distwal._marks import Meta
 from distwal.leader.liveness import LivenessJudge, probe_process
 
 LEASE_S = 10.0
 ME = Identity(host="a", boot_id="boot-a", pid_ns=1, pid=1, create_time=5.0)
-HERE = {"boot_id": "boot-a", "pid_ns": 1, "pid": 4242, "create_time": 7.0}
-ELSEWHERE = {"boot_id": "boot-b", "pid_ns": 1, "pid": 4242, "create_time": 7.0}
+HERE = Meta(boot_id="boot-a", pid_ns=1, pid=4242, create_time=7.0)
+ELSEWHERE = replace(HERE, boot_id="boot-b")
 
 
 class Clock:
@@ -123,8 +125,10 @@ def test_same_kernel_probe_is_thorough_at_first_sight_and_after_a_silence_quick_
 def test_a_damaged_meta_on_this_kernel_is_not_evidence():
     probe = Probe(False)
     j = judge(Clock(), probe)
-    assert not j.is_dead("w", {**HERE, "pid": "not a pid"})
-    assert not j.is_dead("w", {k: v for k, v in HERE.items() if k != "create_time"})
+    damaged = Meta.parse({"boot_id": "boot-a", "pid_ns": 1, "pid": "not a pid", "create_time": 7.0})
+    assert damaged is not None and j.same_kernel(damaged) and not j.is_dead("w", damaged)
+    assert not j.is_dead("w", replace(HERE, create_time=None))
+    assert not j.is_dead("w", None)
     assert probe.calls == []
 
 
@@ -147,8 +151,8 @@ def test_same_kernel_is_boot_id_and_pid_namespace():
     j = judge(Clock())
     assert j.same_kernel(HERE)
     assert not j.same_kernel(ELSEWHERE)
-    assert not j.same_kernel({**HERE, "pid_ns": 2})
-    assert not j.same_kernel({})
+    assert not j.same_kernel(replace(HERE, pid_ns=2))
+    assert not j.same_kernel(Meta())
 
 
 def test_probe_process_tells_a_reused_pid_by_its_start_time():
