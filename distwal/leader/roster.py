@@ -45,7 +45,6 @@ class Roster:
     def __init__(
         self,
         root: str,
-        sink: Sink,
         lease: LeaseKeeper,
         judge: LivenessJudge,
         modes: Modes,
@@ -53,7 +52,6 @@ class Roster:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
-        self.sink = sink
         self.lease = lease
         self.judge = judge
         self.modes = modes
@@ -186,8 +184,8 @@ class Roster:
 
     # -- retiring -------------------------------------------------------------------------
 
-    def retire(self) -> None:
-        """Remove finished or adopted writers whose records are all delivered."""
+    def retire(self, sink: Sink) -> None:
+        """Remove finished or adopted writers whose records are all delivered, telling `sink`."""
         for writer_id in list(self._ending):
             t = self.writers[writer_id]
             if not t.exhausted:
@@ -199,12 +197,12 @@ class Roster:
                 continue
             elif not t.same_kernel_dead and self.clock() - t.adopted_at < 2 * self.judge.lease_s:
                 continue  # another host's writer may be slow, not dead: keep reading its folder
-            self._remove(t)
+            self._remove(t, sink)
 
-    def _remove(self, t: Tracked) -> None:
+    def _remove(self, t: Tracked, sink: Sink) -> None:
         end = _end_of(t)
         try:
-            self.sink.writer_done(t.id, t.meta.who, end)
+            sink.writer_done(t.id, t.meta.who, end)
         except SinkError as exc:
             logger.warning("distwal: sink could not close writer %s, retrying later: %s", t.id, exc)
             return

@@ -88,7 +88,7 @@ class Sender:
         self.clock = clock
         self.health = Health()
         self.lost: str | None = None  # why leadership ended, once it has
-        self.roster = Roster(root, sink, lease, judge, modes, self.health, clock)
+        self.roster = Roster(root, lease, judge, modes, self.health, clock)
         self._next_health = 0.0
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
@@ -146,7 +146,7 @@ class Sender:
             collected = self._collect()
             if collected is not None:
                 acked = self._deliver(*collected)
-        self.roster.retire()
+        self.roster.retire(self.sink)
         self._write_health()
         return acked
 
