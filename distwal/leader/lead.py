@@ -1,7 +1,10 @@
 """The one way in to leadership: `with lead(dir) as sender:`.
 
     with lead("/shared/run1", "http://collector:8080/ingest", kind="drain", timeout=60) as sender:
-        sender.run(stop=lambda: False, drain_deadline=lambda: sender.clock() + 60)
+        sender.roster.discover()
+        marks = sender.roster.pending_marks()
+        deadline = sender.clock() + 300
+        outcome = sender.run(lambda: False, lambda: deadline, marks)  # "drained", "deadline", ...
 
 lead() takes leadership of a directory as any contender does (the lock, the lease, the
 next epoch: Elector.acquire), waiting up to `timeout`, builds the sender, and on exit
@@ -54,8 +57,9 @@ def build_sender(
 @contextmanager
 def lead(
     where: str | Config,
-    sink: str | Sink | None = None,
+    sink: str | None = None,
     *,
+    using: Sink | None = None,
     kind: str = "lead",
     timeout: float = DEFAULT_TIMEOUT,
     waiting: Callable[[], None] | None = None,
@@ -64,18 +68,19 @@ def lead(
     """Lead a directory for the length of a with block; yield its Sender.
 
     `where` is the directory (its settings from the environment, as Config.load reads
-    them) or a Config. `sink` is a URL (else the config's), or a Sink already built for
-    the config's URL (which is what the directory records and status shows); the sender
-    closes it on exit. `kind` names the leader in the lease and in status. `waiting` is
-    called after each attempt that did not lead (to say why, or to give up by raising).
-    Raises LeaderTimeout when leadership did not come within `timeout` seconds of
-    `clock` (at least one attempt is made). Two leaders of one kind in one process are
-    one owner: the second takes over from the first.
+    them) or a Config. `sink` is the sink's URL (else the config's): what the directory
+    records and status shows. `using` is a Sink already built for that URL (a MockSink in
+    tests, an HTTPSink without gzip in a benchmark); once leadership comes, the sender
+    owns it and closes it on exit. `kind` names the leader in the lease and in status.
+    `waiting` is called after each attempt that did not lead (to say why, or to give up
+    by raising). Raises LeaderTimeout when leadership did not come within `timeout`
+    seconds of `clock` (at least one attempt is made). Two leaders of one kind in one
+    process are one owner: the second takes over from the first.
     """
     if isinstance(where, Config):
-        config = replace(where, sink=sink) if isinstance(sink, str) else where
+        config = replace(where, sink=sink) if sink is not None else where
     else:
-        config = Config.load(dir=where, sink=sink if isinstance(sink, str) else None)
+        config = Config.load(dir=where, sink=sink)
     modes = Modes.for_config(config.shared_group)
     domain = ensure_domain(config.dir, modes)
     identity = Identity.of_this_process()
@@ -83,8 +88,7 @@ def lead(
     elector = Elector(config, identity, owner, domain, start=_hosted_by_lead, clock=clock)
     _acquire(elector, timeout, waiting, clock)
     try:
-        sender = build_sender(config, elector.epoch, owner, domain, identity,
-                              None if sink is None or isinstance(sink, str) else sink, clock)
+        sender = build_sender(config, elector.epoch, owner, domain, identity, using, clock)
     except BaseException:
         _step_down(elector)
         raise

@@ -78,7 +78,7 @@ def test_full_batches_take_the_writers_in_turn(root):
     made = writers(root, 3, 25)
     batches: list[Batch] = []
     clock = Clock()
-    with lead(root, MockSink(batches.append), kind="test", clock=clock) as sender:
+    with lead(root, using=MockSink(batches.append), kind="test", clock=clock) as sender:
         sender.batch_records = 10
         for _ in range(9):
             sender.cycle()  # the clock stands still: only the rotation decides who is read
@@ -100,7 +100,7 @@ def test_idle_live_writers_are_read_without_listing_their_folders(root, monkeypa
         listed.append(path if isinstance(path, int) else -1)
         return real_listdir(path)
 
-    with lead(root, MockSink(batches.append), kind="test", clock=clock) as sender:
+    with lead(root, using=MockSink(batches.append), kind="test", clock=clock) as sender:
         assert sender.cycle() == 12
         folders = {t.dir_fd for t in sender.roster.writers.values()}
         monkeypatch.setattr(os, "listdir", counting_listdir)
@@ -122,7 +122,7 @@ def test_a_finished_writer_is_retired_and_leaves_the_rotation(root):
 
     batches: list[Batch] = []
     clock = Clock()
-    with lead(root, RecordingSink(batches.append), kind="test", clock=clock) as sender:
+    with lead(root, using=RecordingSink(batches.append), kind="test", clock=clock) as sender:
         sender.cycle()
         made[1].finish(5)
         cycles(sender, clock, 3)
@@ -148,7 +148,7 @@ def test_a_first_cycle_slower_than_the_lease_keeps_leadership_while_it_discovers
         return real_load_writer(*args, **kwargs)
 
     monkeypatch.setattr(roster, "load_writer", slow_load_writer)
-    with lead(root, MockSink(lambda batch: None), kind="test", clock=clock) as sender:
+    with lead(root, using=MockSink(lambda batch: None), kind="test", clock=clock) as sender:
         sender.cycle()  # 40 folders: four leases of discovery
         assert not sender.lease.lost, sender.lease.lost
         assert len(sender.roster.writers) == len(made)
@@ -158,7 +158,7 @@ def test_drained_waits_for_the_marks_and_for_finished_writers(root):
     live, ending = writers(root, 2, 3)
     batches: list[Batch] = []
     clock = Clock()
-    with lead(root, MockSink(batches.append), kind="test", clock=clock) as sender:
+    with lead(root, using=MockSink(batches.append), kind="test", clock=clock) as sender:
         sender.batch_records = 3
         sender.roster.discover()
         marks = sender.roster.pending_marks()
@@ -180,7 +180,7 @@ def test_drained_waits_for_the_marks_and_for_finished_writers(root):
 def test_drained_without_marks_waits_only_for_finished_writers(root):
     live, ending = writers(root, 2, 2)
     clock = Clock()
-    with lead(root, MockSink(lambda batch: None), kind="test", clock=clock) as sender:
+    with lead(root, using=MockSink(lambda batch: None), kind="test", clock=clock) as sender:
         sender.batch_records = 1
         sender.roster.discover()
         assert sender.roster.drained({})  # live writers are never waited for without a mark
@@ -192,21 +192,21 @@ def test_drained_without_marks_waits_only_for_finished_writers(root):
 
 
 def test_lead_releases_the_lease_and_the_lock_on_exit(root):
-    with lead(root, MockSink(lambda batch: None), kind="test") as sender:
+    with lead(root, using=MockSink(lambda batch: None), kind="test") as sender:
         epoch = sender.lease.epoch
         sender.cycle()
         assert read_lease(root)["epoch"] == epoch and not read_lease(root).get("released")
     assert read_lease(root)["released"] is True
-    with lead(root, MockSink(lambda batch: None), kind="other", timeout=0) as sender:
+    with lead(root, using=MockSink(lambda batch: None), kind="other", timeout=0) as sender:
         assert sender.lease.epoch == epoch + 1  # at once: a released lease is free
 
 
 def test_lead_raises_leader_timeout_while_another_owner_holds_the_lease(root):
-    with lead(root, MockSink(lambda batch: None), kind="first") as first:
+    with lead(root, using=MockSink(lambda batch: None), kind="first") as first:
         first.cycle()
         attempts: list[int] = []
         with pytest.raises(distwal.LeaderTimeout):
-            with lead(root, MockSink(lambda batch: None), kind="second", timeout=0,
+            with lead(root, using=MockSink(lambda batch: None), kind="second", timeout=0,
                       waiting=lambda: attempts.append(1)):
                 pass
         assert attempts == [1]
