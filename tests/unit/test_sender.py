@@ -8,6 +8,7 @@ and is driven one cycle() at a time on a clock the test moves.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterator
 
@@ -16,6 +17,7 @@ import pytest
 import distwal
 from distwal._config import Config
 from distwal._files import ensure_domain, prepare_dir
+from distwal import _layout
 from distwal._layout import Modes
 from distwal.leader.election import read_lease
 from distwal.leader import roster
@@ -211,3 +213,22 @@ def test_lead_raises_leader_timeout_while_another_owner_holds_the_lease(root):
                 pass
         assert attempts == [1]
         assert not first.lease.lost and read_lease(root)["owner"] == first.lease.owner["owner"]
+
+
+def test_a_drain_waits_for_another_hosts_writer_until_it_is_seen_beating(root):
+    [w] = writers(root, 1, 2, heartbeat_interval=3600.0)  # beats only when the test says so
+    folder = os.path.join(root, _layout.WRITERS, w.id)
+    with open(os.path.join(folder, _layout.META), "rb") as f:
+        meta = json.load(f)
+    with open(os.path.join(folder, _layout.META), "w") as f:
+        json.dump({**meta, "boot_id": "another-host"}, f)  # its process cannot be probed from here
+    clock = Clock()
+    with lead(root, using=MockSink(lambda batch: None), kind="test", clock=clock) as sender:
+        cycles(sender, clock, 2)
+        assert sender.roster.settling() == [w.id] and not sender.roster.drained({})
+        beat = os.path.join(folder, _layout.HEARTBEAT)
+        stamp = os.stat(beat).st_mtime_ns + 10**9
+        os.utime(beat, ns=(stamp, stamp))  # a heartbeat, as its host writes it
+        cycles(sender, clock, 1)
+        assert sender.roster.settling() == [] and sender.roster.drained({})
+        assert w.id in sender.roster.writers  # seen alive: never adopted, never waited for
