@@ -15,12 +15,12 @@ from typing import Any, Iterator
 import pytest
 
 import distwal
+from distwal import _layout
 from distwal._config import Config
 from distwal._files import ensure_domain, prepare_dir
-from distwal import _layout
 from distwal._layout import Modes
-from distwal.leader.election import read_lease
 from distwal.leader import roster
+from distwal.leader.election import read_lease
 from distwal.leader.lead import lead
 from distwal.leader.roster import DISCOVER_EVERY, LIVENESS_EVERY
 from distwal.leader.sender import MAX_IDLE_BACKOFF, Sender
