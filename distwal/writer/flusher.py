@@ -176,7 +176,7 @@ class Flusher:
             if self.folder.adopted():
                 self._reincarnate()
             if self.config.max_pending_bytes is not None:
-                self._refresh_acked()
+                self.refresh_acked()
             self.heartbeat("live")
         except OSError as exc:
             self._note_error(exc)
@@ -282,7 +282,8 @@ class Flusher:
         self.pending_bytes = pending
         return pending >= budget
 
-    def _refresh_acked(self) -> None:
+    def refresh_acked(self) -> None:
+        """Read what the sink acknowledged of this writer from the cursor book (the pending budget)."""
         pos = read_cursors(self.config.dir).get(self.folder.id)
         if pos is not None:
             self._acked_at = (pos.segment, pos.offset)
