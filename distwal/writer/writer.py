@@ -157,7 +157,12 @@ class Writer:
         return seq
 
     def _bind_log(self) -> None:
-        self.__dict__.pop("log", None)
+        # Never through self.__dict__: reading it turns the attributes' inline values into a dict
+        # that CPython 3.11 does not specialize attribute access for, and log() pays for it.
+        try:
+            del self.log
+        except AttributeError:
+            pass  # log() is the class's
         if self.config.durability == "sync":
             self.log = self._log_sync  # type: ignore[method-assign,assignment]
 
@@ -355,7 +360,7 @@ class Writer:
 
     def _log_after_fork(self, record: Mapping[str, Any]) -> int:
         with self._lock:
-            if self.__dict__.get("log") == self._log_after_fork:
+            if self.log == self._log_after_fork:
                 self._bind_log()
                 self._open()
         return self.log(record)
