@@ -18,7 +18,8 @@ import orjson
 import pytest
 
 import distwal
-from distwal import _api
+from distwal import _api, _files
+from distwal._layout import Identity, Modes
 from distwal._scan import iter_envelopes, iter_items, list_writers
 from distwal._segment import Block, Damage
 
@@ -431,3 +432,71 @@ def test_module_shortcuts_without_a_writer(monkeypatch) -> None:
     assert distwal.current() is None
     assert distwal.flush() is True
     assert distwal.finish() is True
+
+
+# -- the elector init hands the writer -----------------------------------------------------------------------
+
+
+class FakeElector:
+    """Stands in for a rank's elector: records how the writer started and stopped it."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, Any, str]] = []  # (writer id, rank, domain)
+        self.stops: list[float] = []
+
+    def start(self, config: Any, identity: Any, writer_id: str, rank: Any, domain: str) -> FakeElector:
+        assert identity.pid == os.getpid()
+        self.started.append((writer_id, rank, domain))
+        return self
+
+    def stop(self, drain_timeout: float = 0.0) -> None:
+        self.stops.append(drain_timeout)
+
+    def forget_after_fork(self) -> None:
+        raise AssertionError("no fork here")
+
+
+def test_a_writer_starts_the_elector_it_is_given_and_stops_it_at_finish(root: Path, monkeypatch) -> None:
+    from distwal._config import Config
+    from distwal.writer.writer import Writer
+
+    monkeypatch.setenv("RANK", "5")
+    config = Config.load(dir=root)
+    domain = _files.ensure_domain(_prepared(config), Modes.for_config(False))
+    elector = FakeElector()
+    writer = Writer(config, domain, elector.start)
+    assert elector.started == [(writer.id, 5, domain)]
+    assert writer.finish(timeout=5)
+    assert len(elector.stops) == 1 and 0 < elector.stops[0] <= 5, "finish() did not drain the elector in its time"
+    writer.finish(timeout=5)
+    assert len(elector.stops) == 1
+
+
+def _prepared(config: Any) -> str:
+    _files.prepare_dir(config.dir, Modes.for_config(False))
+    return config.dir
+
+
+def test_init_gives_a_writer_that_may_lead_the_ranks_elector(root: Path, monkeypatch) -> None:
+    import distwal.leader.rank
+
+    elector = FakeElector()
+    monkeypatch.setattr(distwal.leader.rank, "start_elector", elector.start)
+    distwal.init(dir=root)  # the unit tests' environment disables the sender
+    assert elector.started == []
+    distwal.finish(timeout=5)
+    monkeypatch.delenv("DISTWAL_DISABLE_SENDER")
+    writer = distwal.init(dir=root)
+    assert [started[0] for started in elector.started] == [writer.id]
+
+
+def test_a_rank_defers_to_a_preferred_leader_only_while_it_runs_on_this_kernel() -> None:
+    from dataclasses import replace
+
+    from distwal.leader.rank import format_preferred, preferred_alive
+
+    me = Identity.of_this_process()
+    assert preferred_alive(format_preferred(me), me)  # this process runs
+    assert not preferred_alive(format_preferred(replace(me, create_time=me.create_time - 100)), me)  # pid reused
+    assert not preferred_alive(format_preferred(replace(me, boot_id="0" * 32)), me)  # another host's
+    assert not preferred_alive("not:a:preferred", me)
