@@ -363,6 +363,22 @@ def test_heartbeat_is_renewed(root: Path) -> None:
     assert wait_until(lambda: orjson.loads(path.read_bytes())["n"] > first + 1)
 
 
+def test_a_writer_whose_folder_is_moved_away_continues_in_a_new_folder(root: Path) -> None:
+    writer = distwal.init(dir=root, heartbeat_interval=0.02, interval=0.005)
+    writer.log({"a": 1})
+    assert writer.flush(timeout=10)
+    old = writer.id
+    os.rename(root / "writers" / old, root / "adopted")  # as a leader that took it for dead
+    assert wait_until(lambda: writer.id != old), "the writer did not notice its folder was gone"
+    assert writer.log({"a": 2}) == 2  # seqs go on
+    assert writer.flush(timeout=10)
+    meta = orjson.loads((root / "writers" / writer.id / "meta.json").read_bytes())
+    assert (meta["continues"], meta["first_seq"]) == (old, 2)
+    assert data_of(root) == [(2, {"a": 2})]
+    assert writer.finish(timeout=10)
+    assert orjson.loads((root / "writers" / writer.id / "finish.json").read_bytes())["seq"] == 2
+
+
 # -- init ---------------------------------------------------------------------------------------------------
 
 
