@@ -504,7 +504,7 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
 
 def _final_seq(root: str, writer: str) -> int | None:
     """The last durable seq a killed writer left on disk (its folder in writers/ or adopted/)."""
-    from distwal._scan import iter_items
+    from distwal._folder import iter_items
     from distwal._segment import Block
 
     for sub in ("writers", "adopted"):

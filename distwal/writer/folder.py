@@ -2,8 +2,8 @@
 
 Every file here is this writer's alone. The marks are what the leader and `status` read
 about a writer: meta.json once at the claim, heartbeat.json renewed by the flusher (never
-fsynced: 512 writers on NFS), finish.json once at the end. They are built here and nowhere
-else.
+fsynced: 512 writers on NFS), finish.json once at the end. Their types are in _marks; the
+writer fills them in here and nowhere else.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import os
 import time
 from typing import Any
 
-import orjson
-
 from .. import _files, _layout
 from .._config import Config
 from .._env import rank_from_env
 from .._layout import Identity, Modes
+from .._marks import Finish, Heartbeat, Meta
 from .._record import writer_tag
 from .._segment import SegmentWriter
 
@@ -56,7 +55,7 @@ class Folder:
         st = os.fstat(self.dir_fd)
         self._key = (st.st_dev, st.st_ino)
         self.meta = self._meta(first_seq, continues)
-        _files.write_atomic(self.dir_fd, _layout.META, orjson.dumps(self.meta), self.modes)
+        _files.write_atomic(self.dir_fd, _layout.META, self.meta.to_bytes(), self.modes)
         self.segments = SegmentWriter(
             self.dir_fd, self.modes, self.config.segment_bytes, sync_on_seal=self.config.durability != "none"
         )
@@ -110,57 +109,49 @@ class Folder:
 
     # -- the marks -------------------------------------------------------------------------
 
-    def _meta(self, first_seq: int, continues: str | None) -> dict[str, Any]:
+    def _meta(self, first_seq: int, continues: str | None) -> Meta:
         identity, config, rank = self.identity, self.config, rank_from_env()
-        return {
-            "version": 1,
-            "writer": self.id,
-            "host": identity.host,
-            "boot_id": identity.boot_id,
-            "pid_ns": identity.pid_ns,
-            "pid": identity.pid,
-            "create_time": identity.create_time,
-            "rank": rank.rank,
-            "local_rank": rank.local_rank,
-            "world_size": rank.world_size,
-            "group_rank": rank.group_rank,
-            "attempt": rank.attempt,
-            "run": config.run_id,
-            "domain": self.domain,
-            "durability": config.durability,
-            "segment_bytes": config.segment_bytes,  # tells readers when a later segment may exist
-            "first_seq": first_seq,
-            "continues": continues,
-            "started": time.time(),
-        }
+        return Meta(
+            writer=self.id,
+            host=identity.host,
+            boot_id=identity.boot_id,
+            pid_ns=identity.pid_ns,
+            pid=identity.pid,
+            create_time=identity.create_time,
+            rank=rank.rank,
+            local_rank=rank.local_rank,
+            world_size=rank.world_size,
+            group_rank=rank.group_rank,
+            attempt=rank.attempt,
+            run=config.run_id,
+            domain=self.domain,
+            durability=config.durability,
+            segment_bytes=config.segment_bytes,
+            first_seq=first_seq,
+            continues=continues,
+            started=time.time(),
+        )
 
     def write_heartbeat(
-        self, state: str, seq: int, durable_seq: int, at: tuple[int, int], dropped: int, error: str | None
+        self, state: str, logged_seq: int, durable_seq: int, at: tuple[int, int], dropped: int, error: str | None
     ) -> None:
-        """`seq` is the last seq logged; `durable_seq` the last durable, its end at `at` (segment, offset)."""
+        """`durable_seq` is the last durable seq; its block ends at `at` (segment, offset)."""
         self._beats += 1
-        beat = {
-            "n": self._beats,
-            "ts": time.time(),
-            "state": state,
-            "seq": seq,
-            "durable_seq": durable_seq,
-            "segment": at[0],
-            "offset": at[1],
-            "dropped": dropped,
-            "error": error,
-        }
-        _files.write_atomic(self.dir_fd, _layout.HEARTBEAT, orjson.dumps(beat), self.modes, durable=False)
+        beat = Heartbeat(
+            n=self._beats,
+            ts=time.time(),
+            state=state,
+            logged_seq=logged_seq,
+            durable_seq=durable_seq,
+            durable_segment=at[0],
+            durable_offset=at[1],
+            dropped=dropped,
+            error=error,
+        )
+        _files.write_atomic(self.dir_fd, _layout.HEARTBEAT, beat.to_bytes(), self.modes, durable=False)
 
     def write_finish(self, durable_seq: int, at: tuple[int, int], dropped: int, lost: int, end: dict[str, Any]) -> None:
-        mark = {
-            "seq": durable_seq,
-            "segment": at[0],
-            "offset": at[1],
-            "ts": time.time(),
-            "dropped": dropped,
-            "lost": lost,  # records logged but not durable at the finish
-            "end": end,  # how the process ended (see _ends)
-        }
-        _files.write_atomic(self.dir_fd, _layout.FINISH, orjson.dumps(mark), self.modes)
+        mark = Finish(durable_seq=durable_seq, segment=at[0], offset=at[1], ts=time.time(), dropped=dropped, lost=lost,
+                      end=end)
+        _files.write_atomic(self.dir_fd, _layout.FINISH, mark.to_bytes(), self.modes)
         self.finished = True

@@ -23,6 +23,7 @@ from .._ends import end_in_flight, make_end
 from .._exceptions import ClosedError, FullError
 from .._hooks import hooks
 from .._layout import Identity, Modes
+from .._marks import Meta
 from .._record import BLOCK_BYTES
 from .._segment import SegmentWriter
 from ..leader.cursor import Position, read_cursors
@@ -96,7 +97,7 @@ class Writer:
         self._flusher.start()
         if self._start_elector is not None:
             self._elector = self._start_elector(
-                self.config, self.identity, folder.id, folder.meta["rank"], folder.domain
+                self.config, self.identity, folder.id, folder.meta.rank, folder.domain
             )
         hooks.attach(self)
 
@@ -106,7 +107,7 @@ class Writer:
         return self._folder.id
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> Meta:
         return self._folder.meta
 
     @property

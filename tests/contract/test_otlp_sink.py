@@ -27,7 +27,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord  # noqa: E402
 
 from distwal._config import Config  # noqa: E402
 from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable  # noqa: E402
-from distwal._scan import WriterFiles  # noqa: E402
+from distwal._envelope import envelope_prefix  # noqa: E402
 from distwal.sinks import Batch, Chunk  # noqa: E402
 from distwal.sinks.otlp import OTLPSink, encode_request, endpoint_of  # noqa: E402
 
@@ -39,7 +39,7 @@ META = {"host": "node7", "pid": 4242, "rank": 3, "run": "job-1", "local_rank": 1
 def chunk_of(writer: str, first: int, records: list[Any], meta: dict[str, Any] | None = None,
              ts: float = 1_700_000_000.25) -> Chunk:
     meta = META if meta is None else meta
-    prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+    prefix = envelope_prefix(writer, meta)
     return Chunk(writer, meta, prefix, first, [ts + i for i in range(len(records))],
                  [orjson.dumps(r) for r in records])
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `h
 from helpers.postgres import fresh_table  # noqa: E402
 
 from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkUnavailable, StaleEpoch  # noqa: E402
-from distwal._scan import WriterFiles  # noqa: E402
+from distwal._envelope import envelope_prefix  # noqa: E402
 from distwal.sinks import Batch, Chunk, sink_from_url  # noqa: E402
 from distwal.sinks.postgres import RAW_KEY, PostgresSink, split_url  # noqa: E402
 
@@ -32,7 +32,7 @@ META = {"host": "node7", "pid": 4242, "rank": 3, "run": "job-1", "local_rank": 1
 def batch_of(lines: list[bytes], epoch: int = 1, writer: str = "writer-a", first: int = 1,
              meta: dict[str, Any] | None = None, domain: str = "dom") -> Batch:
     meta = META if meta is None else meta
-    prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+    prefix = envelope_prefix(writer, meta)
     ts = [1_700_000_000.25 + i for i in range(len(lines))]
     return Batch(epoch, domain, (Chunk(writer, meta, prefix, first, ts, lines),))
 

@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
 
-from distwal._scan import WriterFiles  # noqa: E402
+from distwal._envelope import envelope_prefix  # noqa: E402
 from distwal.sinks import Batch, Chunk, MockSink  # noqa: E402
 from distwal.sinks import sqlite as sqlite_sink  # noqa: E402
 from distwal.sinks.http import HTTPSink  # noqa: E402
@@ -32,7 +32,7 @@ def batch(epoch: int = 1) -> Batch:
     chunks = []
     for writer, (run, rank) in WRITERS.items():
         meta = {"host": "node1", "pid": 7, "rank": rank, "run": run, "local_rank": rank, "attempt": 0}
-        prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+        prefix = envelope_prefix(writer, meta)
         seqs = range(1, 41)
         lines = [orjson.dumps({"w": writer, "seq": s, "loss": "NaN" if s == 5 else s / 3}) for s in seqs]
         chunks.append(Chunk(writer, meta, prefix, 1, [1000.0 + (s // 4) for s in seqs], lines))
