@@ -123,10 +123,16 @@ class Flusher:
         seq, dropped = self._counts()
         self.folder.write_heartbeat(state, seq, self.durable_seq, self.durable_at, dropped, self.last_error)
 
-    def mark_finished(self, lost: int, end: dict[str, Any]) -> None:
-        """The finish mark (`lost`: records logged but not durable), then the last heartbeat."""
-        self.folder.write_finish(self.durable_seq, self.durable_at, self._counts()[1], lost, end)
-        self.heartbeat("finished")
+    def mark_finished(self, logged_seq: int, end: dict[str, Any]) -> bool:
+        """The finish mark, then the last heartbeat; False (and logged) when they cannot be written."""
+        try:
+            lost = logged_seq - self.durable_seq  # logged but not durable at the finish
+            self.folder.write_finish(self.durable_seq, self.durable_at, self._counts()[1], lost, end)
+            self.heartbeat("finished")
+        except OSError as exc:
+            logger.error("distwal: cannot write the finish mark of %s: %s", self.folder.id, exc)
+            return False
+        return True
 
     def close_wake_pipe(self) -> None:
         for fd in (self._wake_r, self._wake_w):

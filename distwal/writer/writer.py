@@ -9,7 +9,6 @@ only when something is new.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from array import array
@@ -32,7 +31,6 @@ from .flusher import Block, Flusher
 from .folder import Folder
 from .values import OPTS, default, keep_non_finite
 
-logger = logging.getLogger("distwal")
 
 _LOCK_PROBE = 0.05  # seconds: a buffer lock held longer than this is held by the interrupted thread
 
@@ -252,11 +250,7 @@ class Writer:
         durable = flusher.wait_durable(target, timeout)
         flusher.stop(timeout)
         ok = durable and flusher.durable_seq >= target
-        try:
-            flusher.mark_finished(lost=target - flusher.durable_seq, end=end)
-        except OSError as exc:
-            logger.error("distwal: cannot write the finish mark of %s: %s", self.id, exc)
-            ok = False
+        ok = flusher.mark_finished(target, end) and ok
         folder.close()
         if self._elector is not None:
             # A leader ships what finished and dead writers left, its own records included.
@@ -339,12 +333,8 @@ class Writer:
             target = self._seq
         finally:
             self._lock.release()
-        flusher = self._flusher
-        flusher.wait_briefly(target, grace)
-        try:
-            flusher.mark_finished(lost=target - flusher.durable_seq, end=end)
-        except OSError as exc:
-            logger.error("distwal: cannot write the finish mark of %s: %s", self.id, exc)
+        self._flusher.wait_briefly(target, grace)
+        self._flusher.mark_finished(target, end)
 
     def after_fork_in_child(self) -> None:
         """The child must never touch the parent's files: forget them, start anew on first log."""
