@@ -516,3 +516,26 @@ def test_a_rank_defers_to_a_preferred_leader_only_while_it_runs_on_this_kernel()
     assert not preferred_alive(format_preferred(replace(me, create_time=me.create_time - 100)), me)  # pid reused
     assert not preferred_alive(format_preferred(replace(me, boot_id="0" * 32)), me)  # another host's
     assert not preferred_alive("not:a:preferred", me)
+
+
+def test_the_writer_side_imports_no_elector_sender_or_launcher() -> None:
+    """init hands the writer its elector; the writer reads formats (cursor book, lease) only."""
+    import ast
+
+    import distwal.writer
+
+    allowed_from_leader = {"distwal.leader.cursor", "distwal.leader.election"}
+    package = Path(distwal.writer.__file__).parent
+    for source in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = "distwal" if node.level == 2 else "distwal.writer" if node.level == 1 else ""
+                names = [f"{base}.{node.module}".strip(".") if node.module else base]
+                names += [f"{names[0]}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                leader = name.startswith("distwal.leader.") and not name.startswith(tuple(allowed_from_leader))
+                assert not leader and not name.startswith("distwal.launch"), f"{source.name} imports {name}"
