@@ -11,15 +11,17 @@ per attribute; the on-disk keys stay what older directories hold. One name is th
 so the attributes are logged_seq and durable_seq.
 
 parse() trusts nothing: a file of another process, damaged or hostile, gives None when it
-is not a JSON object, and a field of the wrong type reads as absent (0 for counters, None
-otherwise), never an exception (tests/reliability/test_hostile_files.py).
+is not a JSON object, and a field of the wrong type reads as absent (the field's default: 0
+for counters, None otherwise), never an exception (tests/reliability/test_hostile_files.py).
+A field's type annotation is its check; a field whose on-disk key is not its name says so
+with on_disk(), and the fields' order is the order of the keys on disk.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import orjson
 
@@ -32,26 +34,74 @@ def int_field(value: Any) -> int:
     return value if type(value) is int else 0
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if type(value) is int else None
+def on_disk(key: str, default: Any = None) -> Any:
+    """A field stored under another key than its name (to keep the keys older directories hold)."""
+    return field(default=default, metadata={"key": key})
 
 
-def _float_or_none(value: Any) -> float | None:
-    return float(value) if type(value) in (int, float) else None
+# What each annotated type accepts from a file; None means absent (the field's default).
+_ACCEPT: dict[str, Callable[[Any], Any]] = {
+    "int": lambda v: v if type(v) is int else None,  # a bool is not a count
+    "float": lambda v: float(v) if type(v) in (int, float) else None,
+    "str": lambda v: v if isinstance(v, str) else None,
+    "bool": lambda v: v if isinstance(v, bool) else None,
+    "dict": lambda v: v if isinstance(v, dict) else None,
+}
 
 
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+_M = TypeVar("_M", bound="_Mark")
 
 
-def _dict_or_none(value: Any) -> dict[str, Any] | None:
-    return value if isinstance(value, dict) else None
+class _Mark:
+    """parse() and to_bytes() for a frozen dataclass of on-disk fields (see the module docstring)."""
+
+    @classmethod
+    def parse(cls: type[_M], raw: Any) -> _M | None:
+        if not isinstance(raw, dict):
+            return None
+        found = {}
+        for name, key, accept in _schema(cls):
+            value = accept(raw.get(key))
+            if value is not None:
+                found[name] = value
+        return cls(**found)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: _plain(getattr(self, name)) for name, key, _ in _schema(type(self))}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+_Schema = tuple[tuple[str, str, Callable[[Any], Any]], ...]
+_schemas: dict[type, _Schema] = {}
+
+
+def _schema(cls: type) -> _Schema:
+    """(attribute, on-disk key, accept) of each field, from its annotation: "int | None" is an int."""
+    schema = _schemas.get(cls)
+    if schema is None:
+        marks = {"Meta": Meta.parse, "Finish": Finish.parse}
+        schema = _schemas[cls] = tuple(
+            (f.name, f.metadata.get("key", f.name), marks.get(_base(f.type)) or _ACCEPT[_base(f.type)])
+            for f in fields(cls)
+        )
+    return schema
+
+
+def _base(annotation: Any) -> str:
+    return str(annotation).split("|")[0].split("[")[0].strip()
+
+
+def _plain(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, _Mark) else value
 
 
 @dataclass(frozen=True)
-class Meta:
+class Meta(_Mark):
     """meta.json: the process that wrote a folder, and how it writes."""
 
+    version: int = 1
     writer: str | None = None
     host: str | None = None
     boot_id: str | None = None
@@ -70,69 +120,15 @@ class Meta:
     first_seq: int = 1
     continues: str | None = None  # the writer id this one continues after an adoption
     started: float | None = None
-    version: int = 1
-
-    @classmethod
-    def parse(cls, raw: Any) -> Meta | None:
-        if not isinstance(raw, dict):
-            return None
-        return cls(
-            writer=_str_or_none(raw.get("writer")),
-            host=_str_or_none(raw.get("host")),
-            boot_id=_str_or_none(raw.get("boot_id")),
-            pid_ns=_int_or_none(raw.get("pid_ns")),
-            pid=_int_or_none(raw.get("pid")),
-            create_time=_float_or_none(raw.get("create_time")),
-            rank=_int_or_none(raw.get("rank")),
-            local_rank=_int_or_none(raw.get("local_rank")),
-            world_size=_int_or_none(raw.get("world_size")),
-            group_rank=_int_or_none(raw.get("group_rank")),
-            attempt=_int_or_none(raw.get("attempt")),
-            run=_str_or_none(raw.get("run")),
-            domain=_str_or_none(raw.get("domain")),
-            durability=_str_or_none(raw.get("durability")),
-            segment_bytes=_int_or_none(raw.get("segment_bytes")),
-            first_seq=_int_or_none(raw.get("first_seq")) or 1,
-            continues=_str_or_none(raw.get("continues")),
-            started=_float_or_none(raw.get("started")),
-            version=_int_or_none(raw.get("version")) or 1,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "writer": self.writer,
-            "host": self.host,
-            "boot_id": self.boot_id,
-            "pid_ns": self.pid_ns,
-            "pid": self.pid,
-            "create_time": self.create_time,
-            "rank": self.rank,
-            "local_rank": self.local_rank,
-            "world_size": self.world_size,
-            "group_rank": self.group_rank,
-            "attempt": self.attempt,
-            "run": self.run,
-            "domain": self.domain,
-            "durability": self.durability,
-            "segment_bytes": self.segment_bytes,
-            "first_seq": self.first_seq,
-            "continues": self.continues,
-            "started": self.started,
-        }
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_dict())
 
     @cached_property
     def who(self) -> dict[str, Any]:
         """The fields every envelope of this writer carries (WHO_KEYS); what sinks are given."""
-        return {"host": self.host, "pid": self.pid, "rank": self.rank, "run": self.run,
-                "local_rank": self.local_rank, "attempt": self.attempt}
+        return {key: getattr(self, key) for key in WHO_KEYS}
 
 
 @dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(_Mark):
     """heartbeat.json: the writer is alive, and how far its records are logged and durable.
 
     (durable_segment, durable_offset) is the durable watermark: a damaged span at or past it
@@ -142,48 +138,19 @@ class Heartbeat:
     n: int = 0  # renewals so far
     ts: float | None = None  # unix time of this renewal
     state: str | None = None  # "live" or "finished"
-    logged_seq: int = 0  # on disk: "seq"
+    logged_seq: int = on_disk("seq", 0)
     durable_seq: int = 0
-    durable_segment: int = 0  # on disk: "segment"
-    durable_offset: int = 0  # on disk: "offset"
+    durable_segment: int = on_disk("segment", 0)
+    durable_offset: int = on_disk("offset", 0)
     dropped: int = 0  # records dropped under the `drop` policy
     error: str | None = None  # why the writer cannot write now, if it cannot
 
-    @classmethod
-    def parse(cls, raw: Any) -> Heartbeat | None:
-        if not isinstance(raw, dict):
-            return None
-        return cls(
-            n=int_field(raw.get("n")),
-            ts=_float_or_none(raw.get("ts")),
-            state=_str_or_none(raw.get("state")),
-            logged_seq=int_field(raw.get("seq")),
-            durable_seq=int_field(raw.get("durable_seq")),
-            durable_segment=int_field(raw.get("segment")),
-            durable_offset=int_field(raw.get("offset")),
-            dropped=int_field(raw.get("dropped")),
-            error=_str_or_none(raw.get("error")),
-        )
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps({
-            "n": self.n,
-            "ts": self.ts,
-            "state": self.state,
-            "seq": self.logged_seq,
-            "durable_seq": self.durable_seq,
-            "segment": self.durable_segment,
-            "offset": self.durable_offset,
-            "dropped": self.dropped,
-            "error": self.error,
-        })
-
 
 @dataclass(frozen=True)
-class Finish:
+class Finish(_Mark):
     """finish.json: the writer will write no more; everything up to durable_seq is on disk."""
 
-    durable_seq: int = 0  # on disk: "seq"
+    durable_seq: int = on_disk("seq", 0)
     segment: int = 0  # where the last durable record ends
     offset: int = 0
     ts: float | None = None
@@ -191,37 +158,9 @@ class Finish:
     lost: int = 0  # records logged but not durable at the finish
     end: dict[str, Any] | None = None  # how the process ended (see _ends), as written
 
-    @classmethod
-    def parse(cls, raw: Any) -> Finish | None:
-        if not isinstance(raw, dict):
-            return None
-        return cls(
-            durable_seq=int_field(raw.get("seq")),
-            segment=int_field(raw.get("segment")),
-            offset=int_field(raw.get("offset")),
-            ts=_float_or_none(raw.get("ts")),
-            dropped=int_field(raw.get("dropped")),
-            lost=int_field(raw.get("lost")),
-            end=_dict_or_none(raw.get("end")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.durable_seq,
-            "segment": self.segment,
-            "offset": self.offset,
-            "ts": self.ts,
-            "dropped": self.dropped,
-            "lost": self.lost,
-            "end": self.end,
-        }
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_dict())
-
 
 @dataclass(frozen=True)
-class Tombstone:
+class Tombstone(_Mark):
     """history/<id>.json: a writer the leader removed once all its records were delivered."""
 
     writer: str | None = None
@@ -234,38 +173,9 @@ class Tombstone:
     quarantined_bytes: int = 0
     removed: float | None = None  # unix time the leader removed the folder (gc goes by it)
 
-    @classmethod
-    def parse(cls, raw: Any) -> Tombstone | None:
-        if not isinstance(raw, dict):
-            return None
-        return cls(
-            writer=_str_or_none(raw.get("writer")),
-            meta=Meta.parse(raw.get("meta")) or Meta(),
-            finish=Finish.parse(raw.get("finish")),
-            state=_str_or_none(raw.get("state")),
-            end=_dict_or_none(raw.get("end")),
-            acked_seq=int_field(raw.get("acked_seq")),
-            dead_letters=int_field(raw.get("dead_letters")),
-            quarantined_bytes=int_field(raw.get("quarantined_bytes")),
-            removed=_float_or_none(raw.get("removed")),
-        )
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps({
-            "writer": self.writer,
-            "meta": self.meta.to_dict(),
-            "finish": None if self.finish is None else self.finish.to_dict(),
-            "state": self.state,
-            "end": self.end,
-            "acked_seq": self.acked_seq,
-            "dead_letters": self.dead_letters,
-            "quarantined_bytes": self.quarantined_bytes,
-            "removed": self.removed,
-        })
-
 
 @dataclass(frozen=True)
-class Lease:
+class Lease(_Mark):
     """leader.json: who leads, at which epoch; replaced at every renewal (leader/election).
 
     The owner's fields (owner .. locked) are what the elector claims with; a contender on
@@ -290,37 +200,18 @@ class Lease:
 
     @classmethod
     def parse(cls, raw: Any) -> Lease | None:
-        if not isinstance(raw, dict):
+        lease: Lease | None = super().parse(raw)
+        if lease is None:
             return None
-        locked = raw.get("locked")
-        lease_s = _float_or_none(raw.get("lease_s"))
-        return cls(
-            owner=_str_or_none(raw.get("owner")),
-            kind=_str_or_none(raw.get("kind")),
-            host=_str_or_none(raw.get("host")),
-            pid=_int_or_none(raw.get("pid")),
-            boot_id=_str_or_none(raw.get("boot_id")),
-            pid_ns=_int_or_none(raw.get("pid_ns")),
-            create_time=_float_or_none(raw.get("create_time")),
-            rank=_int_or_none(raw.get("rank")),
-            locked=locked if isinstance(locked, bool) else None,
-            epoch=int_field(raw.get("epoch")),
-            n=int_field(raw.get("n")),
-            ts=_float_or_none(raw.get("ts")),
-            lease_s=lease_s if lease_s is not None and lease_s > 0 else None,
-            released=bool(raw.get("released")),  # any true value, as every reader took it
-        )
+        positive = lease.lease_s if lease.lease_s is not None and lease.lease_s > 0 else None
+        return replace(lease, lease_s=positive, released=bool(raw.get("released")))  # any true value counts
 
-    def to_bytes(self) -> bytes:
-        body: dict[str, Any] = {
-            "owner": self.owner, "kind": self.kind, "host": self.host, "pid": self.pid, "boot_id": self.boot_id,
-            "pid_ns": self.pid_ns, "create_time": self.create_time,
-        }
-        if self.rank is not None or self.kind == "rank":
-            body["rank"] = self.rank
-        if self.locked is not None:
-            body["locked"] = self.locked
-        body.update(epoch=self.epoch, n=self.n, ts=self.ts, lease_s=self.lease_s)
-        if self.released:
-            body["released"] = True
-        return orjson.dumps(body)
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if self.rank is None and self.kind != "rank":
+            del body["rank"]
+        if self.locked is None:
+            del body["locked"]
+        if not self.released:
+            del body["released"]
+        return body
