@@ -1,7 +1,7 @@
 """The directory layout: every file and folder name, and the identity a writer id encodes.
 
     <dir>/domain.json                     random id of this directory, fixed at creation
-    <dir>/cursors.json                    how far the sink has acknowledged each writer (leader/cursor)
+    <dir>/cursors.json                    how far the sink has acknowledged each writer (_cursor)
     <dir>/sender.json                     the leader's sink health, for status
     <dir>/writers/<writer-id>/meta.json   who wrote this folder (host, pid, rank, run, ...)
     <dir>/writers/<writer-id>/heartbeat.json   renewed by the writer; carries its durable watermark
@@ -32,7 +32,7 @@ HISTORY = "history"  # tombstones of removed writers, for status
 DEADLETTERS = "deadletters"  # envelopes the sink refused for good, one file per writer
 QUARANTINE = "quarantine"  # copies of corrupt spans that were skipped
 SENDER = "sender.json"  # the leader's sink health, for status
-CURSORS = "cursors.json"  # the cursor book (leader/cursor)
+CURSORS = "cursors.json"  # the cursor book (_cursor)
 DOMAIN = "domain.json"
 META = "meta.json"
 HEARTBEAT = "heartbeat.json"

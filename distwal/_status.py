@@ -23,7 +23,7 @@ from ._folder import WriterFiles, list_folders
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity
 from ._marks import Heartbeat, Lease, Meta, Tombstone
 from ._segment import last_seq_on_disk
-from .leader.cursor import Position, read_cursors
+from ._cursor import Position, read_cursors
 from .leader.election import node_local_locks, read_lease, recorded_sink
 from .leader.liveness import probe_process
 

@@ -19,7 +19,7 @@ from .._folder import NextSegment, WriterFiles, read_blocks
 from .._layout import Modes
 from .._marks import Finish, Heartbeat, Meta
 from .._segment import Block, Damage
-from .cursor import Position
+from .._cursor import Position
 
 logger = logging.getLogger("distwal")
 

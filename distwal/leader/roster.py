@@ -27,7 +27,7 @@ from .._layout import ADOPTED, HISTORY, Modes
 from .._marks import Finish, Tombstone
 from .._segment import last_seq_on_disk
 from ..sinks import Sink
-from .cursor import Position, read_cursors, write_cursors
+from .._cursor import Position, read_cursors, write_cursors
 from .election import LeaseKeeper, LostLeadership
 from .health import Health
 from .liveness import LivenessJudge

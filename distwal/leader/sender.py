@@ -23,7 +23,7 @@ from .. import _files, _layout
 from .._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
 from .._layout import DEADLETTERS, QUARANTINE, SENDER, Modes
 from ..sinks import Batch, Chunk, Sink
-from .cursor import Position
+from .._cursor import Position
 from .election import LeaseKeeper, LostLeadership
 from .health import Health
 from .liveness import LivenessJudge

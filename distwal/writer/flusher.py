@@ -22,7 +22,7 @@ from typing import Any, Callable
 from .._config import Config
 from .._record import Sealed, timestamps_bytes
 from .._signals import start_background_thread
-from ..leader.cursor import read_cursors
+from .._cursor import read_cursors
 from .folder import Folder
 
 logger = logging.getLogger("distwal")

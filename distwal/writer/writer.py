@@ -25,7 +25,7 @@ from .._layout import Identity, Modes
 from .._marks import Meta
 from .._record import BLOCK_BYTES
 from .._segment import SegmentWriter
-from ..leader.cursor import Position, read_cursors
+from .._cursor import Position, read_cursors
 from ..leader.election import LeaseWatch
 from .flusher import Block, Flusher
 from .folder import Folder

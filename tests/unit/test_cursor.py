@@ -1,4 +1,4 @@
-"""The cursor book (distwal.leader.cursor): how far the sink acknowledged each writer.
+"""The cursor book (distwal._cursor): how far the sink acknowledged each writer.
 
 Damage never stops a leader: an unreadable book starts over (at-least-once, the sink
 deduplicates), and a bad entry loses only that writer's cursor.
@@ -12,7 +12,7 @@ import os
 import pytest
 
 from distwal._layout import Modes
-from distwal.leader.cursor import CURSORS, Position, read_cursors, write_cursors
+from distwal._cursor import CURSORS, Position, read_cursors, write_cursors
 
 MODES = Modes.for_config(False)
 

@@ -19,7 +19,7 @@ from distwal._folder import NextSegment, WriterFiles, iter_envelopes, iter_items
 from distwal._layout import Modes, format_quarantine_name, format_segment_name
 from distwal._marks import Meta
 from distwal._segment import Block, Damage
-from distwal.leader.cursor import Position
+from distwal._cursor import Position
 from distwal.leader.reading import FolderReader, Tracked
 from distwal.sinks import Batch, Chunk
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .. import _files
-from .._layout import CURSORS, Modes
+from . import _files
+from ._layout import CURSORS, Modes
 
 MAX_CURSORS_FILE = 64 << 20  # bytes: generous, ~100 bytes a writer
 
