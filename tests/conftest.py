@@ -17,6 +17,7 @@ import os
 from typing import Iterator
 
 import pytest
+from helpers.procs import pick_seed
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -64,6 +65,12 @@ def _finish_writers_and_restore_environ() -> Iterator[None]:
 
 
 @pytest.fixture
+def seed() -> int:
+    """A random seed, printed; DISTWAL_TEST_SEED=<n> (set when pytest starts) replays one."""
+    return pick_seed()
+
+
+@pytest.fixture
 def umask() -> Iterator[object]:
     """Call umask(mask) inside a test; the original umask is restored afterwards."""
     original = os.umask(0o022)
@@ -81,9 +88,6 @@ def umask() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[object]:
     """A real PostgreSQL server (Debian's initdb/pg_ctl) shared by the session: helpers/postgres.py."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from helpers.postgres import running_server
 
     yield from running_server()
@@ -92,10 +96,6 @@ def postgres_server() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real `mlflow server` (PyPI mlflow in .venv-mlflow, SQLite store, 127.0.0.1), one per session."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: makes `helpers` importable
     from helpers.mlflow_server import MlflowServer, MlflowUnavailable, ensure_mlflow_venv
 
     try:

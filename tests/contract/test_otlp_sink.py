@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,18 +17,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
+from helpers.otlp import OTLPReceiver, Reply, python_value  # first: skips without opentelemetry-proto
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from helpers.otlp import OTLPReceiver, Reply, python_value  # noqa: E402 - skips without opentelemetry-proto
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest  # noqa: E402
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList  # noqa: E402
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord  # noqa: E402
-
-from distwal._config import Config  # noqa: E402
-from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable  # noqa: E402
-from distwal._scan import WriterFiles  # noqa: E402
-from distwal.sinks import Batch, Chunk  # noqa: E402
-from distwal.sinks.otlp import OTLPSink, encode_request, endpoint_of  # noqa: E402
+from distwal._config import Config
+from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
+from distwal._scan import WriterFiles
+from distwal.sinks import Batch, Chunk
+from distwal.sinks.otlp import OTLPSink, encode_request, endpoint_of
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -36,32 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import orjson
-import pytest
 
 from distwal._server import IngestServer, Reply
 
-from .procs import SEED_ENV, Child, child_env, spawn
+from .procs import Child, child_env, pick_seed, read_json, spawn
 
 LEASE_S = "2"  # seconds: short, so failovers in tests take about a second or two
-
-# Read at import (collection), before tests/conftest.py's autouse fixture scrubs every
-# DISTWAL_* variable: procs.pick_seed() runs after that scrub and never sees it.
-_SEED_FROM_ENV = os.environ.get(SEED_ENV, "").strip()
-
-
-def pick_seed() -> int:
-    """DISTWAL_TEST_SEED (as set when pytest started) to replay a run, else a fresh seed; printed."""
-    import random
-
-    seed = int(_SEED_FROM_ENV) if _SEED_FROM_ENV else random.SystemRandom().randrange(2**32)
-    print(f"seed={seed} (replay with {SEED_ENV}={seed})")
-    return seed
-
-
-@pytest.fixture
-def seed() -> int:
-    """A random seed, printed; DISTWAL_TEST_SEED=<n> replays it (import this fixture into a module)."""
-    return pick_seed()
 
 
 # -- waiting -----------------------------------------------------------------------------
@@ -429,14 +409,6 @@ def assert_ranks_acked_delivered_once(stored: dict[str, dict[int, Any]], ranks: 
 # -- the leader ------------------------------------------------------------------------------
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    try:
-        with open(path, "rb") as f:
-            return orjson.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def sender_pids(rank_pid: int) -> list[int]:
     """The sender subprocesses (`python -m distwal.leader`) a rank started."""
     import psutil
@@ -722,7 +694,7 @@ def domain_of(wal_dir: str | os.PathLike[str]) -> str:
 
 
 __all__ = [
-    "pick_seed", "seed", "KnownBug", "check_known_bug", "Drop", "Fault", "FaultServer", "Path", "Request", "acks_of", "assert_acked_delivered_once", "assert_fenced",
+    "pick_seed", "KnownBug", "check_known_bug", "Drop", "Fault", "FaultServer", "Path", "Request", "acks_of", "assert_acked_delivered_once", "assert_fenced",
     "cluster_env", "domain_of", "expected_record", "files_named", "has_poison", "kill_and_wait_gone", "read_json",
     "run_cli", "sender_pids", "seqs_on_disk", "start_writer", "wait_until", "writer_args", "writer_id_of",
     "KILL_MODES", "KillSink", "Rank", "Ranks", "drain_ok", "kill_leaders_at_random_points", "kill_senders",

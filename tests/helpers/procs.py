@@ -261,6 +261,15 @@ def spawn(
 # -- reading a directory back -------------------------------------------------------------
 
 
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's value, or None while it is missing or half written (the writer replaces it atomically)."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 @dataclass
 class WriterOnDisk:
     id: str

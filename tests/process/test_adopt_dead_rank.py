@@ -17,7 +17,7 @@ import time
 from contextlib import ExitStack
 
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     Fault,
     FaultServer,
     acks_of,
@@ -26,7 +26,6 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     cluster_env,
     files_named,
     read_json,
-    seed,
     start_writer,
     wait_until,
     writer_id_of,

@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack
 
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     Fault,
     FaultServer,
     KillSink,
@@ -32,7 +32,6 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     random_kill_modes,
     read_json,
     run_cli,
-    seed,
     sender_pids,
     start_writer,
     wait_until,

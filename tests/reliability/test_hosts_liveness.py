@@ -31,14 +31,13 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     LEASE_S,
     FaultServer,
     acks_of,
     assert_acked_delivered_once,
     cluster_env,
     read_json,
-    seed,
     start_writer,
     wait_until,
     writer_id_of,
