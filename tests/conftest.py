@@ -18,6 +18,7 @@ from typing import Iterator
 
 import pytest
 from helpers.procs import pick_seed
+from helpers.timings import Timings, timings_for
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -68,6 +69,12 @@ def _finish_writers_and_restore_environ() -> Iterator[None]:
 def seed() -> int:
     """A random seed, printed; DISTWAL_TEST_SEED=<n> (set when pytest starts) replays one."""
     return pick_seed()
+
+
+@pytest.fixture
+def timings(request: pytest.FixtureRequest) -> Timings:
+    """Where a test records a duration it measures anyway (helpers/timings.py; benchmarks/ship.py reads them)."""
+    return timings_for(request.node.nodeid)
 
 
 @pytest.fixture

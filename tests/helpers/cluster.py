@@ -552,12 +552,14 @@ class KillSink:
 
 
 def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sink: KillSink, rng: Any,
-                                  context: str, lease_epochs: list[int] | None = None) -> list[Any]:
+                                  context: str, lease_epochs: list[int] | None = None,
+                                  kills: list[tuple[str, int, float]] | None = None) -> list[Any]:
     """Per mode (KILL_MODES), wait for a new leader shipping, let it ship a random amount, then
     SIGKILL its rank or its sender, at a random moment or, for commit_*, inside the sink's hook
     after a commit and before the reply (the ack never reaches the leader). A killed rank is
     replaced. Returns the requests committed whose leader was killed before the reply.
-    `lease_epochs` collects the leader.json epochs as sampled over time."""
+    `lease_epochs` collects the leader.json epochs as sampled over time; `kills` collects
+    (mode, epoch killed, time.time() just before the kill)."""
     committed_then_killed: list[Any] = []
     last_epoch = 0
     for round_, mode in enumerate(modes):
@@ -581,6 +583,7 @@ def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sin
         want = rng.randint(1, 150)
         wait_until(lambda base=base, want=want: sink.count() >= base + want, 30,
                    f"{want} more records {sink.noun} {where}")
+        killed_at: list[float] = []
         if mode.startswith("commit"):
             fired = threading.Event()
             victims = sender_pids(pid)
@@ -591,6 +594,7 @@ def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sin
                 # In the sink, after the commit, before the reply: the ack never reaches the leader.
                 if not sink.in_epoch(req, epoch) or fired.is_set():
                     return
+                killed_at.append(time.time())
                 for victim in victims:
                     kill_and_wait_gone(victim)
                 if mode == "commit_rank":
@@ -603,10 +607,13 @@ def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sin
             sink.set_hook(None)
         else:
             time.sleep(rng.uniform(0, 0.05))  # the random moment itself, not a wait for a condition
+            killed_at.append(time.time())
             if mode == "rank":
                 leader.child.kill(signal.SIGKILL)
             else:
                 kill_senders(pid, where)
+        if kills is not None:
+            kills.append((mode, epoch, killed_at[0]))
         if mode in ("rank", "commit_rank"):
             ranks.reap_killed(leader)
         print(f"round {round_}: {mode} killed the leader of epoch {epoch} (pid {pid}) "
