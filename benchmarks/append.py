@@ -17,7 +17,7 @@ and reports, as the median of several interleaved runs each in a fresh temporary
                     record present) cross-checks it. Weave's fsyncs are counted the same way inside
                     its subprocess.
 
-Run it through run.py (`python benchmarks/run.py [--short]`) or alone: `python benchmarks/append.py [--short]`.
+Run it through run.py: `python benchmarks/run.py [--short] append`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from itertools import cycle, islice
 from typing import Any, Callable
 
 import orjson
+from _report import Report, spread, times
 
 import distwal
 
@@ -620,10 +621,7 @@ def measure(short: bool) -> tuple[list[Case], dict[str, list[dict[str, Any]]], S
 
 def _fmt_us(values: list[float]) -> str:
     med = statistics.median(values)
-    digits = 2 if med < 10 else 1 if med < 1000 else 0
-    if len(values) < 2:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    return spread(values, f".{2 if med < 10 else 1 if med < 1000 else 0}f")
 
 
 def _fmt_rate(value: float | None) -> str:
@@ -652,7 +650,7 @@ def build_rows(cases: list[Case], memory: dict[str, list[dict[str, Any]]], scale
         caller = case.per_record_us()
         caller_med = statistics.median(caller)
         facts[f"{case.key}_us"] = caller_med
-        ratio = f"{caller_med / raw_us:.2f}x" if raw_us else "-"
+        ratio = times(caller_med, raw_us)
         rate = statistics.median(case.rates())
         facts[f"{case.key}_rate"] = rate
         n = case.results[0]["n"]
@@ -730,7 +728,7 @@ def build_rows(cases: list[Case], memory: dict[str, list[dict[str, Any]]], scale
             [
                 f"memory: distwal interval, {n:,} records as fast as possible",
                 _fmt_us(caller),
-                f"{statistics.median(caller) / raw_us:.2f}x" if raw_us else "-",
+                times(statistics.median(caller), raw_us),
                 _fmt_rate(rate),
                 f"peak RSS growth {statistics.median(grow):.1f} MiB (range {min(grow):.1f}-{max(grow):.1f}; "
                 f"fresh process, VmHWM after resetting it) for {payload_mib:.0f} MiB of records; buffer bound {BUFFER_BOUND_MIB} MiB"
@@ -745,7 +743,7 @@ def build_rows(cases: list[Case], memory: dict[str, list[dict[str, Any]]], scale
             [
                 f"memory: distwal interval, {m['n']:,} records (long enough to fill the buffer)",
                 _fmt_us([m["caller_s"] / m["n"] * 1e6]),
-                f"{m['caller_s'] / m['n'] * 1e6 / raw_us:.2f}x" if raw_us else "-",
+                times(m["caller_s"] / m["n"] * 1e6, raw_us),
                 _fmt_rate(m["n"] / m["total_s"]),
                 f"peak RSS growth {growth:.1f} MiB for {m['n'] * RECORD_BYTES / 2**20:.0f} MiB of records (one run); "
                 "caller cost includes waiting when the buffer is full (on_full=block)",
@@ -798,62 +796,24 @@ def targets(facts: dict[str, Any], cases: list[Case]) -> list[str]:
     return out
 
 
-HEADERS = ["case", "caller us/record", "ratio to raw", "throughput rec/s", "notes"]
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---", "---:", "---:", "---:", "---"]) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    return "\n".join(lines)
-
-
-def text_table(rows: list[list[str]]) -> str:
-    head = HEADERS[:4]
-    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(4)]
-    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))) + "  notes"]
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, 4)]
-        out.append("  ".join(cells) + "  " + r[4])
-    return "\n".join(out)
-
-
 def main(short: bool = False) -> str:
     """Run the append benchmark; print the table; return it (with the targets) as markdown."""
     cases, memory, scale = measure(short)
     rows, facts = build_rows(cases, memory, scale)
-    goals = targets(facts, cases)
-    print(text_table(rows))
-    print()
-    for line in goals:
-        print("- " + line.replace("**", ""))
-    sizes = (
-        f"{scale.reps} interleaved repetitions, median (range in brackets); records per run: "
-        f"{scale.fast:,} (fast cases), {scale.slow:,} (logging, Weave), {scale.sync1:,} (sync, 1 thread), "
-        f"{scale.sync8:,} (sync, 8 threads); memory: {scale.memory:,} records x {scale.memory_reps}"
+    failed = [f"{c.label}: {c.error}" for c in cases if c.error]
+    report = Report()
+    report.text(
+        f"Record: {RECORD_BYTES} bytes of JSON (+ newline). {scale.reps} interleaved repetitions, median (range in "
+        f"brackets); records per run: {scale.fast:,} (fast cases), {scale.slow:,} (logging, Weave), {scale.sync1:,} "
+        f"(sync, 1 thread), {scale.sync8:,} (sync, 8 threads); memory: {scale.memory:,} records x {scale.memory_reps}"
         + (f", then {scale.memory_long:,} records once." if scale.memory_long else ".")
     )
-    failed = [f"{c.label}: {c.error}" for c in cases if c.error]
+    report.table(["case", "caller us/record", "ratio to raw", "throughput rec/s", "notes"], rows, align="lrrrl")
+    report.targets(targets(facts, cases))
     if failed:
         raise RuntimeError("append: cases failed: " + "; ".join(failed))
-    md = [
-        f"Record: {RECORD_BYTES} bytes of JSON (+ newline). {sizes}",
-        "",
-        markdown_table(rows),
-        "",
-        "Targets:",
-        "",
-        *[f"- {line}" for line in goals],
-    ]
-    return "\n".join(md) + "\n"
+    return report.markdown()
 
 
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "--memory-child":
-        _memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
-    else:
-        text = main(short="--short" in sys.argv[1:])
-        out_dir = os.path.join(HERE, ".out")
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "append.md"), "w") as f:
-            f.write(text)
+if __name__ == "__main__":  # the memory rows' fresh process; the benchmark itself runs through run.py
+    _memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
