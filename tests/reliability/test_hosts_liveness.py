@@ -363,7 +363,7 @@ def test_same_host_dead_writer_whose_pid_was_reused_is_judged_dead_by_start_time
 # client that sets times from its own clock.
 SKEWED_CLOCK = '''
 import time as _time
-import distwal._layout as _layout
+import distwal._files as _files  # patched as a module attribute: every writer of marks goes through it
 
 _SKEW = float(os.environ["TEST_CLOCK_SKEW_S"])
 _real_time, _real_time_ns = _time.time, _time.time_ns
