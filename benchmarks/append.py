@@ -345,22 +345,27 @@ def distwal_reset_env() -> None:
         os.environ.pop(name, None)
 
 
-def case_queue(n: int, tmp: str) -> dict[str, Any]:
-    """The common pattern: the caller puts the dict on a queue.Queue, a worker thread serializes and writes it."""
-    f = open(os.path.join(tmp, "queue.jsonl"), "ab")
+def _queue_writer(path: str) -> tuple[queue.Queue[Any], threading.Thread]:
+    """The common pattern: the caller puts the dict on a queue.Queue, a worker thread serializes and
+    writes it (until it gets None)."""
     q: queue.Queue[Any] = queue.Queue()
 
     def worker() -> None:
-        get, write, dumps = q.get, f.write, orjson.dumps
-        while True:
-            r = get()
-            if r is None:
-                break
-            write(dumps(r) + b"\n")
-        f.flush()
+        with open(path, "ab") as f:
+            get, write, dumps = q.get, f.write, orjson.dumps
+            while True:
+                r = get()
+                if r is None:
+                    break
+                write(dumps(r) + b"\n")
 
     t = threading.Thread(target=worker, name="bench-queue-worker")
     t.start()
+    return q, t
+
+
+def case_queue(n: int, tmp: str) -> dict[str, Any]:
+    q, t = _queue_writer(os.path.join(tmp, "queue.jsonl"))
     t0 = pc()
     _loop_call(q.put, n)
     t1 = pc()
@@ -368,7 +373,6 @@ def case_queue(n: int, tmp: str) -> dict[str, Any]:
     q.put(None)
     t.join()
     t2 = pc()
-    f.close()
     return {"n": n, "caller_s": t1 - t0, "total_s": t2 - t0, "backlog": backlog}
 
 
@@ -488,20 +492,7 @@ def _memory_child(kind: str, n: int, root: str) -> None:
         w.finish()
     else:  # the queue.Queue pattern, for comparison
         os.makedirs(root, exist_ok=True)
-        f = open(os.path.join(root, "queue.jsonl"), "ab")
-        q: queue.Queue[Any] = queue.Queue()
-
-        def worker() -> None:
-            get, write, dumps = q.get, f.write, orjson.dumps
-            while True:
-                r = get()
-                if r is None:
-                    break
-                write(dumps(r) + b"\n")
-            f.flush()
-
-        t = threading.Thread(target=worker)
-        t.start()
+        q, t = _queue_writer(os.path.join(root, "queue.jsonl"))
         base = start_peak()
         t0 = pc()
         _loop_call(q.put, n)
