@@ -294,7 +294,7 @@ def job_prebuilt(job: dict[str, Any]) -> dict[str, Any]:
     The bodies are what the Sender would send for the same backlog (the same envelopes, one
     request per `batch_records`), built once per backlog with distwal's own reader.
     """
-    from distwal._scan import iter_envelopes, list_writers
+    from distwal._folder import iter_envelopes, list_writers
 
     key = job["dir"]
     if key not in _PREBUILT:
@@ -336,7 +336,8 @@ def job_parts(job: dict[str, Any]) -> dict[str, Any]:
     the blocks (read_segment), building the envelopes (Batch.ndjson), gzip level 1 (as HTTPSink)."""
     from array import array
 
-    from distwal._scan import iter_items, list_writers
+    from distwal._folder import iter_items, list_writers
+    from distwal._marks import Meta
     from distwal._segment import Block
     from distwal.sinks import Batch, Chunk
 
@@ -360,7 +361,7 @@ def job_parts(job: dict[str, Any]) -> dict[str, Any]:
         lines.extend(b.lines)
         if len(lines) >= per:
             break
-    chunk = Chunk(writer.id, writer.meta or {}, writer.envelope_prefix(), blocks[0].first_seq, ts[:per], lines[:per])
+    chunk = Chunk(writer.id, (writer.meta or Meta()).who, writer.envelope_prefix, blocks[0].first_seq, ts[:per], lines[:per])
     batch = Batch(1, "bench", (chunk,))
     n = len(chunk)
     envelope_s = best(batch.ndjson)

@@ -249,7 +249,7 @@ def _readback(root: str, marks: list[tuple[float, int, int]]) -> dict[str, Any] 
     reader is unavailable.
     """
     try:
-        from distwal import _scan
+        from distwal import _folder
         from distwal._segment import Block
 
         records = blocks = damaged = 0
@@ -257,8 +257,8 @@ def _readback(root: str, marks: list[tuple[float, int, int]]) -> dict[str, Any] 
         synced: dict[int, list[tuple[int, float]]] = {}
         for when, segment, offset in marks:
             synced.setdefault(segment, []).append((offset, when))
-        for writer in _scan.list_writers(root):
-            for item in _scan.iter_items(writer.path):
+        for writer in _folder.list_writers(root):
+            for item in _folder.iter_items(writer.path):
                 if not isinstance(item, Block):
                     damaged += 1
                     continue

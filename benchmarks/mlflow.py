@@ -111,14 +111,14 @@ def _env() -> dict[str, str]:
 
 
 def _sink_points_per_s(server: MlflowServer, experiment: str, points: int) -> float:
-    from distwal._scan import WriterFiles
+    from distwal._envelope import envelope_prefix
     from distwal.sinks import Batch, Chunk
     from distwal.sinks.mlflow import MLflowSink
 
     sink = MLflowSink(f"mlflow+{server.url}?experiment={experiment}")
     writer = f"bench-{uuid.uuid4().hex[:8]}"
     meta = {"host": "bench", "pid": os.getpid(), "rank": 0, "run": "bench", "local_rank": 0, "attempt": 0}
-    prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+    prefix = envelope_prefix(writer, meta)
     records = points // FIELDS
     now = time.time()
     lines = [orjson.dumps({"step": i, **{f"m{k}": float(i * FIELDS + k) for k in range(FIELDS)}}) for i in range(records)]

@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from . import _files
+from ._marks import Finish, Heartbeat
 from ._segment import last_ts_on_disk
 
 REASONS = ("finished", "exception", "exit", "signal", "lost")
@@ -174,10 +175,9 @@ def end_in_flight() -> dict[str, Any] | None:
 # -- what a reader infers -------------------------------------------------------------------
 
 
-def recorded_end(finish: dict[str, Any]) -> dict[str, Any]:
-    """The end a finish mark records; a mark without one (older writers) means finished."""
-    end = finish.get("end")
-    ts = finish.get("ts") if isinstance(finish.get("ts"), (int, float)) else None
+def recorded_end(end: dict[str, Any] | None, ts: float | None = None) -> dict[str, Any]:
+    """The end a finish mark (or a tombstone) records; without one (older writers) it means
+    finished, at `ts` (the mark's time)."""
     if not isinstance(end, dict) or end.get("reason") not in REASONS:
         return make_end("finished", "finish mark", ts=ts)
     code, sig, when = end.get("code"), end.get("signal"), end.get("ts")
@@ -190,12 +190,11 @@ def recorded_end(finish: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def last_sign_of_life(dir_fd: int | None, tag: int, heartbeat: dict[str, Any] | None) -> float | None:
+def last_sign_of_life(dir_fd: int | None, tag: int, heartbeat: Heartbeat | None) -> float | None:
     """The later of the last heartbeat and the last record on disk (unix time), None if neither."""
     signs = []
-    beat_ts = (heartbeat or {}).get("ts")
-    if isinstance(beat_ts, (int, float)) and not isinstance(beat_ts, bool):
-        signs.append(float(beat_ts))
+    if heartbeat is not None and heartbeat.ts is not None:
+        signs.append(heartbeat.ts)
     try:
         record_ts = last_ts_on_disk(dir_fd, writer=tag) if dir_fd is not None else None
     except OSError:
@@ -205,18 +204,16 @@ def last_sign_of_life(dir_fd: int | None, tag: int, heartbeat: dict[str, Any] | 
     return max(signs) if signs else None
 
 
-def writer_end(
-    finish: dict[str, Any] | None, gone: bool, last_sign: Callable[[], float | None]
-) -> dict[str, Any] | None:
+def writer_end(finish: Finish | None, gone: bool, last_sign: Callable[[], float | None]) -> dict[str, Any] | None:
     """How a writer ended: its finish mark's end, `lost` if it is gone without one, else None."""
     if finish is not None:
-        return recorded_end(finish)
+        return recorded_end(finish.end, finish.ts)
     if gone:
         return make_end("lost", LOST_DETAIL, ts=last_sign())
     return None
 
 
-def folder_last_sign(path: str, tag: int, heartbeat: dict[str, Any] | None) -> float | None:
+def folder_last_sign(path: str, tag: int, heartbeat: Heartbeat | None) -> float | None:
     """last_sign_of_life of the writer folder at `path` (the heartbeat alone if it cannot be opened)."""
     try:
         fd = _files.open_dir(path)

@@ -207,12 +207,9 @@ def read_root_json(root: str, name: str, limit: int = MAX_SMALL_FILE) -> dict[st
     except OSError:
         return None
     try:
-        found = read_json(fd, name, limit)
-    except (LayoutError, OSError):
-        return None
+        return read_json_quietly(fd, name, limit)
     finally:
         os.close(fd)
-    return found if isinstance(found, dict) else None
 
 
 def write_root_json(root: str, name: str, body: Any, modes: Modes, durable: bool = True) -> None:
@@ -224,15 +221,10 @@ def write_root_json(root: str, name: str, body: Any, modes: Modes, durable: bool
         os.close(fd)
 
 
-def int_field(value: Any) -> int:
-    """An integer field of a file another process wrote; 0 when it is not one."""
-    return value if type(value) is int else 0
-
-
-def read_json_quietly(dir_fd: int, name: str) -> Any:
-    """read_json for files that may be mid-replace or damaged: None instead of an error."""
+def read_json_quietly(dir_fd: int, name: str, limit: int = MAX_SMALL_FILE) -> dict[str, Any] | None:
+    """read_json for a JSON object that may be mid-replace or damaged: None instead of an error."""
     try:
-        found = read_json(dir_fd, name)
+        found = read_json(dir_fd, name, limit)
     except (LayoutError, OSError):
         return None
     return found if isinstance(found, dict) else None

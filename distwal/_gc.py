@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 from . import _files, _layout
 from ._layout import ADOPTED, HISTORY, WRITERS
-
-TOMBSTONE_SUFFIX = ".json"
+from ._marks import Tombstone
 
 
 @dataclass
@@ -42,14 +41,13 @@ def collect(root: str, older_than: float, dry_run: bool = False, now: float | No
     try:
         folders = _writer_folders(root)
         for name in sorted(os.listdir(fd)):
-            writer_id = name[: -len(TOMBSTONE_SUFFIX)]
-            if not name.endswith(TOMBSTONE_SUFFIX) or not _layout.is_writer_id(writer_id):
+            writer_id = _layout.parse_tombstone_name(name)
+            if writer_id is None:
                 continue  # not a tombstone: not ours to judge
-            tomb = _files.read_json_quietly(fd, name)
-            removed = tomb.get("removed") if isinstance(tomb, dict) else None
-            if not isinstance(removed, (int, float)) or tomb.get("writer") != writer_id:
+            tomb = Tombstone.parse(_files.read_json_quietly(fd, name))
+            if tomb is None or tomb.removed is None or tomb.writer != writer_id:
                 continue
-            if removed >= cutoff or writer_id in folders:
+            if tomb.removed >= cutoff or writer_id in folders:
                 result.kept += 1
                 continue
             size = os.stat(name, dir_fd=fd, follow_symlinks=False).st_size

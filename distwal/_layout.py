@@ -1,14 +1,21 @@
 """The directory layout: every file and folder name, and the identity a writer id encodes.
 
     <dir>/domain.json                     random id of this directory, fixed at creation
-    <dir>/adopted/, history/, deadletters/, quarantine/, sender.json   the leader's (see leader/sender)
+    <dir>/cursors.json                    how far the sink has acknowledged each writer (leader/cursor)
+    <dir>/sender.json                     the leader's sink health, for status
     <dir>/writers/<writer-id>/meta.json   who wrote this folder (host, pid, rank, run, ...)
     <dir>/writers/<writer-id>/heartbeat.json   renewed by the writer; carries its durable watermark
     <dir>/writers/<writer-id>/finish.json      the finish mark: last seq and where it ends
     <dir>/writers/<writer-id>/00000000.wal     segments, in order
+    <dir>/adopted/<writer-id>/            a dead writer's folder, moved aside until delivered
+    <dir>/history/<writer-id>.json        tombstone of a removed writer
+    <dir>/deadletters/<writer-id>.ndjson  envelopes the sink refused for good
+    <dir>/quarantine/<writer-id>.<segment>.<start>.bin   a copy of a corrupt span that was skipped
 
-Every name has a format_/parse_ pair. Everything inside the directory is opened relative
-to a directory descriptor with O_NOFOLLOW, so a symlink planted there is never followed.
+The files' contents are in _marks (meta, heartbeat, finish, tombstone). Every name with
+a variable part has a format_/parse_ pair. Everything inside the directory is opened
+relative to a directory descriptor with O_NOFOLLOW, so a symlink planted there is never
+followed (_files).
 """
 
 from __future__ import annotations
@@ -25,14 +32,19 @@ HISTORY = "history"  # tombstones of removed writers, for status
 DEADLETTERS = "deadletters"  # envelopes the sink refused for good, one file per writer
 QUARANTINE = "quarantine"  # copies of corrupt spans that were skipped
 SENDER = "sender.json"  # the leader's sink health, for status
+CURSORS = "cursors.json"  # the cursor book (leader/cursor)
 DOMAIN = "domain.json"
 META = "meta.json"
 HEARTBEAT = "heartbeat.json"
 FINISH = "finish.json"
 SEGMENT_SUFFIX = ".wal"
+TOMBSTONE_SUFFIX = ".json"
+DEADLETTER_SUFFIX = ".ndjson"
+QUARANTINE_SUFFIX = ".bin"
 
 _SEGMENT_RE = re.compile(r"^([0-9a-f]{8})\.wal$")
 _WRITER_ID_RE = re.compile(r"^[A-Za-z0-9._]{1,64}-[0-9a-f]{8}-\d+-\d+-\d+-[0-9a-f]{8}$")
+_QUARANTINE_RE = re.compile(r"^(.+)\.([0-9a-f]{8})\.(\d+)\.bin$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,33 @@ def format_segment_name(index: int) -> str:
 def parse_segment_name(name: str) -> int | None:
     match = _SEGMENT_RE.fullmatch(name)
     return int(match.group(1), 16) if match else None
+
+
+def format_tombstone_name(writer_id: str) -> str:
+    return f"{writer_id}{TOMBSTONE_SUFFIX}"
+
+
+def parse_tombstone_name(name: str) -> str | None:
+    """The writer id a history/ file is the tombstone of; None for any other name."""
+    writer_id = name[: -len(TOMBSTONE_SUFFIX)]
+    return writer_id if name.endswith(TOMBSTONE_SUFFIX) and is_writer_id(writer_id) else None
+
+
+def format_deadletter_name(writer_id: str) -> str:
+    return f"{writer_id}{DEADLETTER_SUFFIX}"
+
+
+def format_quarantine_name(writer_id: str, segment: int, start: int) -> str:
+    """The copy of the corrupt bytes of `segment` from offset `start` on."""
+    return f"{writer_id}.{segment:08x}.{start}{QUARANTINE_SUFFIX}"
+
+
+def parse_quarantine_name(name: str) -> tuple[str, int, int] | None:
+    """(writer id, segment, start) of a quarantine/ file; None for any other name."""
+    match = _QUARANTINE_RE.fullmatch(name)
+    if match is None or not is_writer_id(match.group(1)):
+        return None
+    return match.group(1), int(match.group(2), 16), int(match.group(3))
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from typing import Any
 from . import _files, _layout
 from ._config import _redact
 from ._ends import LOST_DETAIL, first_failure, folder_last_sign, make_end, recorded_end, writer_end
-from ._files import int_field
+from ._folder import WriterFiles, list_folders
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity
-from ._scan import WriterFiles, load_writer
+from ._marks import Heartbeat, Lease, Meta, Tombstone
 from ._segment import last_seq_on_disk
 from .leader.cursor import Position, read_cursors
 from .leader.election import node_local_locks, read_lease, recorded_sink
@@ -41,13 +41,12 @@ def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any
     now = time.time()
     me = Identity.of_this_process()
     book = read_cursors(root)
-    lease = read_lease(root)
+    lease = Lease.parse(read_lease(root))
     health = _files.read_root_json(root, SENDER)
-    raw_lease: Any = (lease or {}).get("lease_s")
-    lease_s = float(raw_lease) if isinstance(raw_lease, (int, float)) and raw_lease > 0 else 15.0
+    lease_s = (lease.lease_s if lease is not None else None) or 15.0
     writers = []
     for sub, adopted in ((_layout.WRITERS, False), (ADOPTED, True)):
-        for files in _folders(os.path.join(root, sub)):
+        for files in list_folders(os.path.join(root, sub)):
             writers.append(_writer_row(files, book.get(files.id, Position()), adopted, now, me, lease_s))
     history = [_history_row(t) for t in _tombstones(root)]
     runs = sorted({str(row["run"]) for row in writers + history if row["run"] is not None})
@@ -58,14 +57,14 @@ def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any
     leader = None
     if lease is not None:
         leader = {
-            "epoch": lease.get("epoch"),
-            "owner": lease.get("owner"),
-            "kind": lease.get("kind"),
-            "host": lease.get("host"),
-            "pid": lease.get("pid"),
-            "renewals": lease.get("n"),
-            "heartbeat_age": _age(now, lease.get("ts")),
-            "alive": not lease.get("released") and (_age(now, lease.get("ts")) or 0.0) < lease_s,
+            "epoch": lease.epoch,
+            "owner": lease.owner,
+            "kind": lease.kind,
+            "host": lease.host,
+            "pid": lease.pid,
+            "renewals": lease.n,
+            "heartbeat_age": _age(now, lease.ts),
+            "alive": not lease.released and (_age(now, lease.ts) or 0.0) < lease_s,
         }
     return {
         "dir": root,
@@ -95,10 +94,10 @@ def status(dir: str | os.PathLike[str], run: str | None = None) -> dict[str, Any
 def _writer_row(
     files: WriterFiles, pos: Position, adopted: bool, now: float, me: Identity, lease_s: float
 ) -> dict[str, Any]:
-    meta = files.meta or {}
-    beat = files.heartbeat or {}
+    meta = files.meta or Meta()
+    beat = files.heartbeat or Heartbeat()
     finish = files.finish
-    age = _age(now, beat.get("ts"))
+    age = _age(now, beat.ts)
     if adopted:
         state = "adopted"
     elif finish is not None:
@@ -109,10 +108,10 @@ def _writer_row(
     # disk counts too (block headers only, from the cursor on).
     on_disk = max(_on_disk(files, pos), pos.seq)
     if finish is not None:
-        durable = int_field(finish.get("seq"))
+        durable = finish.durable_seq
     else:
-        durable = max(int_field(beat.get("durable_seq")), on_disk)
-    logged = max(int_field(beat.get("seq")), durable)
+        durable = max(beat.durable_seq, on_disk)
+    logged = max(beat.logged_seq, durable)
     return {
         "writer": files.id,
         **_who(meta),
@@ -123,10 +122,10 @@ def _writer_row(
         "pending_records": max(0, durable - pos.seq),
         "pending_bytes": _pending_bytes(files.path, pos),
         "dead_letters": pos.dead,
-        "dropped": int_field(beat.get("dropped")) or int_field((finish or {}).get("dropped")),
+        "dropped": beat.dropped or (finish.dropped if finish is not None else 0),
         "heartbeat_age": age,
-        "error": beat.get("error"),
-        "started": meta.get("started"),
+        "error": beat.error,
+        "started": meta.started,
         # null while it runs; "stale" (another host, silent for a lease) is not proof of death yet
         "end": writer_end(finish, state in ("adopted", "dead"),
                           lambda: folder_last_sign(files.path, files.tag, files.heartbeat)),
@@ -144,65 +143,45 @@ def _on_disk(files: WriterFiles, pos: Position) -> int:
         os.close(fd)
 
 
-def _live_state(meta: dict[str, Any], age: float | None, me: Identity, lease_s: float) -> str:
+def _live_state(meta: Meta, age: float | None, me: Identity, lease_s: float) -> str:
     """live, dead (proven on this host), or stale (no heartbeat for a lease, another host)."""
-    if meta.get("boot_id") == me.boot_id and meta.get("pid_ns") == me.pid_ns:
-        try:
-            alive = probe_process(int(meta["pid"]), float(meta["create_time"]), thorough=True)
-        except (KeyError, TypeError, ValueError):
-            alive = None
+    if meta.boot_id == me.boot_id and meta.pid_ns == me.pid_ns:
+        alive = None
+        if meta.pid is not None and meta.create_time is not None:
+            alive = probe_process(meta.pid, meta.create_time, thorough=True)
         return "dead" if alive is False else "live"
     return "stale" if age is not None and age > lease_s else "live"
 
 
-def _who(meta: dict[str, Any]) -> dict[str, Any]:
+def _who(meta: Meta) -> dict[str, Any]:
     """The fields that say which process a writer was."""
-    return {key: meta.get(key) for key in ("rank", "local_rank", "host", "pid", "run", "attempt")}
+    return {"rank": meta.rank, "local_rank": meta.local_rank, "host": meta.host, "pid": meta.pid,
+            "run": meta.run, "attempt": meta.attempt}
 
 
-def _history_row(tomb: dict[str, Any]) -> dict[str, Any]:
-    meta: dict[str, Any] = tomb["meta"] if isinstance(tomb.get("meta"), dict) else {}
-    finish: dict[str, Any] = tomb["finish"] if isinstance(tomb.get("finish"), dict) else {}
+def _history_row(tomb: Tombstone) -> dict[str, Any]:
     return {
-        "writer": tomb.get("writer"),
-        **_who(meta),
-        "state": tomb.get("state"),
-        "records": int_field(finish.get("seq")) or int_field(tomb.get("acked_seq")),
-        "acked_seq": int_field(tomb.get("acked_seq")),
-        "dead_letters": int_field(tomb.get("dead_letters")),
-        "removed": tomb.get("removed"),
-        "end": _tombstone_end(tomb, finish),
+        "writer": tomb.writer,
+        **_who(tomb.meta),
+        "state": tomb.state,
+        "records": (tomb.finish.durable_seq if tomb.finish is not None else 0) or tomb.acked_seq,
+        "acked_seq": tomb.acked_seq,
+        "dead_letters": tomb.dead_letters,
+        "removed": tomb.removed,
+        "end": _tombstone_end(tomb),
     }
 
 
-def _tombstone_end(tomb: dict[str, Any], finish: dict[str, Any]) -> dict[str, Any]:
+def _tombstone_end(tomb: Tombstone) -> dict[str, Any]:
     """The end the leader wrote in the tombstone; older tombstones carry none."""
-    end = tomb.get("end")
-    if isinstance(end, dict):
-        return recorded_end({"end": end})
-    if tomb.get("state") == "adopted":
+    if tomb.end is not None:
+        return recorded_end(tomb.end)
+    if tomb.state == "adopted":
         return make_end("lost", LOST_DETAIL, ts=None)
-    return recorded_end(finish)
+    return recorded_end(None) if tomb.finish is None else recorded_end(tomb.finish.end, tomb.finish.ts)
 
 
-def _folders(parent: str) -> list[WriterFiles]:
-    try:
-        fd = _files.open_dir(parent)
-    except OSError:
-        return []
-    try:
-        found = []
-        for name in sorted(os.listdir(fd)):
-            if _layout.is_writer_id(name):
-                files = load_writer(fd, name, os.path.join(parent, name))
-                if files is not None:
-                    found.append(files)
-        return found
-    finally:
-        os.close(fd)
-
-
-def _tombstones(root: str) -> list[dict[str, Any]]:
+def _tombstones(root: str) -> list[Tombstone]:
     path = os.path.join(root, HISTORY)
     try:
         fd = _files.open_dir(path)
@@ -211,8 +190,8 @@ def _tombstones(root: str) -> list[dict[str, Any]]:
     try:
         found = []
         for name in sorted(os.listdir(fd)):
-            if name.endswith(".json"):
-                tomb = _files.read_json_quietly(fd, name)
+            if name.endswith(_layout.TOMBSTONE_SUFFIX):
+                tomb = Tombstone.parse(_files.read_json_quietly(fd, name))
                 if tomb is not None:
                     found.append(tomb)
         return found

@@ -12,7 +12,7 @@ import sys
 from typing import Iterator
 
 from .._exceptions import DistwalError
-from .._scan import WriterFiles, iter_envelopes, list_writers
+from .._folder import WriterFiles, iter_envelopes, list_writers
 from .._segment import Damage
 from ._common import resolve_dir
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .. import _files
-from .._layout import Modes
+from .._layout import CURSORS, Modes
 
-CURSORS = "cursors.json"
 MAX_CURSORS_FILE = 64 << 20  # bytes: generous, ~100 bytes a writer
 
 

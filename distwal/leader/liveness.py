@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .._layout import Identity
+from .._marks import Meta
 
 _CREATE_TIME_TOLERANCE = 0.5  # seconds: psutil rounds start times to clock ticks
 _STALL_FRACTION = 3  # a scan gap longer than lease_s / 3 resets the timers
@@ -84,8 +85,8 @@ class LivenessJudge:
                 beat.changed_at = now
         self._last_tick = now
 
-    def same_kernel(self, meta: dict[str, Any]) -> bool:
-        return meta.get("boot_id") == self.me.boot_id and meta.get("pid_ns") == self.me.pid_ns
+    def same_kernel(self, meta: Meta) -> bool:
+        return meta.boot_id == self.me.boot_id and meta.pid_ns == self.me.pid_ns
 
     def observe(self, writer_id: str, token: Any) -> None:
         """Record the writer's heartbeat token (anything that changes when it beats)."""
@@ -95,11 +96,10 @@ class LivenessJudge:
         elif beat.token != token:
             beat.token, beat.changed_at, beat.changes = token, self.clock(), beat.changes + 1
 
-    def is_dead(self, writer_id: str, meta: dict[str, Any] | None) -> bool:
+    def is_dead(self, writer_id: str, meta: Meta | None) -> bool:
         if meta is not None and self.same_kernel(meta):
-            try:
-                pid, started = int(meta["pid"]), float(meta["create_time"])
-            except (KeyError, TypeError, ValueError):
+            pid, started = meta.pid, meta.create_time
+            if pid is None or started is None:
                 return False
             # Beating means alive. At first sight and after a silence, look closer: the pid
             # may be reused, or a zombie its parent has not reaped yet.

@@ -1,9 +1,10 @@
-"""Reading one writer folder from the leader's cursor: its blocks in order across
-segments, and what becomes of a damaged span.
+"""The leader's reading of one writer folder: from its cursor, and what becomes of a damaged span.
 
-A damaged span below the writer's durable watermark is copied to quarantine/ and skipped.
-Above the watermark it is simply not written yet, so the reader waits. A torn tail of a
-writer that will write no more is dropped and counted.
+The blocks come from the one folder reader (_folder.read_blocks); this adds the leader's
+policy. A damaged span below the writer's durable watermark is copied to quarantine/ and
+skipped. Above the watermark it is simply not written yet, so the reader waits. A torn
+tail of a writer that will write no more is dropped and counted. The reader never moves
+a cursor itself: it yields the new Position and the sender records it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 from .. import _files, _layout
-from .._files import int_field
+from .._folder import NextSegment, WriterFiles, read_blocks
 from .._layout import Modes
-from .._scan import WriterFiles
-from .._segment import Block, Damage, read_segment
+from .._marks import Finish, Heartbeat, Meta
+from .._segment import Block, Damage
 from .cursor import Position
 
 logger = logging.getLogger("distwal")
@@ -44,12 +45,15 @@ class Tracked:
         return self.files.id
 
     @property
-    def finished(self) -> dict[str, Any] | None:
+    def meta(self) -> Meta:
+        return self.files.meta or Meta()
+
+    @property
+    def finished(self) -> Finish | None:
         return self.files.finish
 
-    def heartbeat(self) -> dict[str, Any] | None:
-        beat: dict[str, Any] | None = _files.read_json_quietly(self.dir_fd, _layout.HEARTBEAT)
-        return beat
+    def heartbeat(self) -> Heartbeat | None:
+        return Heartbeat.parse(_files.read_json_quietly(self.dir_fd, _layout.HEARTBEAT))
 
     def may_have_moved_on(self, size: int) -> bool:
         """Whether the writer may have begun a segment after one of `size` bytes.
@@ -58,13 +62,8 @@ class Tracked:
         segment_bytes (meta.json). Not listing the folder on every read of an idle writer
         took the leader with 1024 of them from 3.8 to 3.1 % of a core.
         """
-        limit = (self.files.meta or {}).get("segment_bytes")
-        return type(limit) is not int or size >= limit or self.finished is not None or self.adopted_at is not None
-
-    def later_segment(self, segment: int) -> int | None:
-        names = os.listdir(self.dir_fd)
-        indexes = [i for i in map(_layout.parse_segment_name, names) if i is not None and i > segment]
-        return min(indexes) if indexes else None
+        limit = self.meta.segment_bytes
+        return limit is None or size >= limit or self.finished is not None or self.adopted_at is not None
 
     def close(self) -> None:
         if self.dir_fd >= 0:
@@ -75,72 +74,62 @@ class Tracked:
 class FolderReader:
     """Reads tracked writers for the sender and settles their damaged spans.
 
-    `move(t, pos)` records a new cursor (the sender's book): the reader moves it past
-    spans it skips and onto the next segment once one is sealed and acknowledged.
+    items(t) yields blocks, and a new Position whenever the writer's cursor moves without
+    an acknowledgement: past a span it skips, onto the next segment once one is sealed and
+    acknowledged. The sender records each (its book) before taking the next item.
     """
 
-    def __init__(
-        self,
-        quarantine_fd: int,
-        modes: Modes,
-        lease_s: float,
-        clock: Callable[[], float],
-        move: Callable[[Tracked, Position], None],
-    ) -> None:
+    def __init__(self, quarantine_fd: int, modes: Modes, lease_s: float, clock: Callable[[], float]) -> None:
         self._quarantine_fd = quarantine_fd
         self._modes = modes
         self._lease_s = lease_s
         self._clock = clock
-        self._move = move
         self.quarantined_bytes = 0
         self.torn_bytes = 0
 
-    def items(self, t: Tracked) -> Iterator[Block | Damage]:
-        """Blocks and damage from the writer's cursor on, across segments."""
-        segment, offset = t.pos.segment, t.pos.offset
-        while True:
-            fd = _files.open_regular(t.dir_fd, _layout.format_segment_name(segment))
-            if fd is None:
-                later = t.later_segment(segment)
-                if later is None:
-                    return
-                if offset or t.pos.seq:
-                    logger.error(
-                        "distwal: writer %s: cursor points into missing segment %08x; resuming at %08x",
-                        t.id, segment, later,
-                    )
-                self._move(t, replace(t.pos, segment=later, offset=0))
-                segment, offset = later, 0
+    def items(self, t: Tracked) -> Iterator[Block | Position]:
+        """Blocks from the writer's cursor on, across segments; ends where it must wait."""
+        for item in read_blocks(t.dir_fd, t.files.tag, t.pos.segment, t.pos.offset, t.may_have_moved_on):
+            if isinstance(item, Block):
+                yield item
                 continue
-            try:
-                size = os.fstat(fd).st_size
-                yield from read_segment(fd, segment, offset, writer=t.files.tag)
-            finally:
-                os.close(fd)
-            if not t.may_have_moved_on(size):
-                return
-            following = t.later_segment(segment)
-            if following is None:
-                return
-            if following != segment + 1:
-                logger.error("distwal: writer %s: segments %08x..%08x are missing; reading on at %08x",
-                             t.id, segment + 1, following - 1, following)
-            # Sealed: once everything in it is acknowledged, the cursor moves to the next one.
-            if t.pos.segment == segment and t.pos.offset >= size:
-                self._move(t, replace(t.pos, segment=following, offset=0))
-            segment, offset = following, 0
+            moved = self.next_segment(t, item) if isinstance(item, NextSegment) else self.skip_damage(t, item)
+            if moved is None:
+                if isinstance(item, Damage):
+                    return  # above the durable watermark: not yet written
+                continue
+            if moved != t.pos:
+                yield moved
 
-    def skip_damage(self, t: Tracked, damage: Damage) -> bool:
-        """Decide about a damaged span. True: skipped; False: wait, it may be unwritten yet."""
+    def next_segment(self, t: Tracked, step: NextSegment) -> Position | None:
+        """The cursor once reading goes on in a later segment; None when it stays."""
+        if step.size is None:
+            if step.offset or t.pos.seq:
+                logger.error(
+                    "distwal: writer %s: cursor points into missing segment %08x; resuming at %08x",
+                    t.id, step.previous, step.segment,
+                )
+            return replace(t.pos, segment=step.segment, offset=0)
+        if step.segment != step.previous + 1:
+            logger.error("distwal: writer %s: segments %08x..%08x are missing; reading on at %08x",
+                         t.id, step.previous + 1, step.segment - 1, step.segment)
+        # Sealed: once everything in it is acknowledged, the cursor moves to the next one.
+        if t.pos.segment == step.previous and t.pos.offset >= step.size:
+            return replace(t.pos, segment=step.segment, offset=0)
+        return None
+
+    def skip_damage(self, t: Tracked, damage: Damage) -> Position | None:
+        """Decide about a damaged span: the cursor after skipping it, or None to wait (it
+        may be unwritten yet)."""
         final = t.finished is not None or t.same_kernel_dead or (
             t.adopted_at is not None and self._clock() - t.adopted_at >= 2 * self._lease_s
         )
         resume = damage.end
         if not final:
-            beat = t.heartbeat() or {}
-            mark = (int_field(beat.get("segment")), int_field(beat.get("offset")))
+            beat = t.heartbeat() or Heartbeat()
+            mark = (beat.durable_segment, beat.durable_offset)
             if (damage.segment, damage.start) >= mark:
-                return False  # above the durable watermark: not yet written
+                return None  # above the durable watermark: not yet written
             if damage.at_tail and mark[0] == damage.segment:
                 resume = mark[1]  # durable up to the mark, so a block starts there
         if damage.at_tail and final:
@@ -149,11 +138,11 @@ class FolderReader:
         else:
             self._quarantine(t, damage.segment, damage.start, resume)
         if t.pos.segment == damage.segment and t.pos.offset <= damage.start:
-            self._move(t, replace(t.pos, offset=resume))
-        return True
+            return replace(t.pos, offset=resume)
+        return t.pos
 
     def _quarantine(self, t: Tracked, segment: int, start: int, end: int) -> None:
-        name = f"{t.id}.{segment:08x}.{start}.bin"
+        name = _layout.format_quarantine_name(t.id, segment, start)
         src = _files.open_regular(t.dir_fd, _layout.format_segment_name(segment))
         if src is None:
             return

@@ -22,10 +22,10 @@ import orjson
 from .. import _files, _layout
 from .._ends import last_sign_of_life, writer_end
 from .._exceptions import SinkError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
-from .._files import int_field
+from .._folder import load_writer
 from .._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes
-from .._scan import ENVELOPE_KEYS, load_writer
-from .._segment import Damage, last_seq_on_disk
+from .._marks import Finish, Tombstone
+from .._segment import last_seq_on_disk
 from ..sinks import Batch, Chunk, Sink
 from .cursor import Position, read_cursors, write_cursors
 from .election import LeaseKeeper
@@ -120,7 +120,7 @@ class Sender:
         # refused once, here, and never followed later.
         self._fds = {sub: _files.ensure_subdir(root, sub, modes)
                      for sub in (_layout.WRITERS, ADOPTED, HISTORY, DEADLETTERS, QUARANTINE)}
-        self.reader = FolderReader(self._fds[QUARANTINE], modes, judge.lease_s, clock, self._move)
+        self.reader = FolderReader(self._fds[QUARANTINE], modes, judge.lease_s, clock)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -182,14 +182,14 @@ class Sender:
             if t.finished is not None or t.adopted_at is not None:
                 if not t.exhausted:
                     return False
-                if t.finished is not None and t.pos.seq < int_field(t.finished.get("seq")):
+                if t.finished is not None and t.pos.seq < t.finished.durable_seq:
                     return False
         return True
 
     def progress(self) -> dict[str, int]:
         """Acknowledged so far, and what finished writers still have to deliver."""
         pending = sum(
-            max(0, int_field(t.finished.get("seq")) - t.pos.seq) for t in self.writers.values() if t.finished is not None
+            max(0, t.finished.durable_seq - t.pos.seq) for t in self.writers.values() if t.finished is not None
         )
         return {"acked_records": self.health.acked_records, "pending_records": pending, "writers": len(self.writers)}
 
@@ -203,11 +203,11 @@ class Sender:
         return True
 
     def pending_marks(self) -> dict[str, int]:
-        """Each known writer's last seq now: its finish mark, heartbeat, or what is on disk."""
+        """Each known writer's last durable seq now: its finish mark, heartbeat, or what is on disk."""
         marks = {}
         for t in self.writers.values():
-            mark = t.finished or t.heartbeat() or {}
-            noted = int_field(mark.get("durable_seq", mark.get("seq")))
+            mark = t.finished or t.heartbeat()
+            noted = 0 if mark is None else mark.durable_seq
             marks[t.id] = max(noted, last_seq_on_disk(t.dir_fd, t.pos.segment, t.pos.offset, writer=t.files.tag))
         return marks
 
@@ -221,7 +221,7 @@ class Sender:
                 continue
             if t.adopted_at is not None:
                 waiting.append(t.id)
-            elif not self.judge.same_kernel(t.files.meta or {}) and not self.judge.seen_beating(t.id):
+            elif not self.judge.same_kernel(t.meta) and not self.judge.seen_beating(t.id):
                 waiting.append(t.id)
         return waiting
 
@@ -260,7 +260,7 @@ class Sender:
         tracked = Tracked(files, dir_fd, self.book.get(name, Position()), parent=sub,
                           adopted_at=self.clock() if adopted else None)
         if adopted:
-            tracked.same_kernel_dead = self.judge.same_kernel(files.meta or {})
+            tracked.same_kernel_dead = self.judge.same_kernel(files.meta)
         self.writers[name] = tracked
         self._order.append(name)
         if adopted or files.finish is not None:
@@ -280,7 +280,7 @@ class Sender:
             if token != t.heartbeat_token or not self.judge.seen(t.id):
                 t.heartbeat_token = token
                 if _files.exists(t.dir_fd, _layout.FINISH):
-                    t.files.finish = _files.read_json_quietly(t.dir_fd, _layout.FINISH)
+                    t.files.finish = Finish.parse(_files.read_json_quietly(t.dir_fd, _layout.FINISH))
                     t.exhausted = False
                     if t.files.finish is not None:
                         self._ending.add(t.id)
@@ -302,12 +302,12 @@ class Sender:
         t.files.path = os.path.join(self.root, ADOPTED, t.id)
         t.adopted_at = self.clock()
         self._ending.add(t.id)
-        t.same_kernel_dead = self.judge.same_kernel(t.files.meta or {})
+        t.same_kernel_dead = self.judge.same_kernel(t.meta)
         t.exhausted = False
         t.next_check = 0.0
         self.judge.forget(t.id)
         self.health.adopted += 1
-        logger.info("distwal: adopted dead writer %s (rank %s)", t.id, (t.files.meta or {}).get("rank"))
+        logger.info("distwal: adopted dead writer %s (rank %s)", t.id, t.meta.rank)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -323,9 +323,8 @@ class Sender:
         for i, t in due:
             got = 0
             for item in self.reader.items(t):
-                if isinstance(item, Damage):
-                    if not self.reader.skip_damage(t, item):
-                        break
+                if isinstance(item, Position):  # past a damaged span, or onto the next segment
+                    self._move(t, item)
                     continue
                 start = max(0, t.pos.seq + 1 - item.first_seq)
                 if start >= len(item.lines):
@@ -333,7 +332,7 @@ class Sender:
                 take = min(len(item.lines) - start, self.batch_records - count)
                 lines = item.lines[start : start + take]
                 chunks.append(
-                    Chunk(t.id, t.files.meta or {}, t.files.envelope_prefix(), item.first_seq + start,
+                    Chunk(t.id, t.meta.who, t.files.envelope_prefix, item.first_seq + start,
                           item.ts[start : start + take], lines)
                 )
                 spans.setdefault(t.id, []).append(
@@ -433,7 +432,7 @@ class Sender:
         fd = self._fds[DEADLETTERS]
         for chunk in batch.chunks:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            file_fd = os.open(f"{chunk.writer}.ndjson", flags, self.modes.file, dir_fd=fd)
+            file_fd = os.open(_layout.format_deadletter_name(chunk.writer), flags, self.modes.file, dir_fd=fd)
             try:
                 for envelope in chunk.envelopes():
                     line = orjson.dumps({"reason": str(exc)[:500], "envelope": orjson.Fragment(envelope)})
@@ -497,7 +496,7 @@ class Sender:
             if not t.exhausted:
                 continue
             if t.finished is not None:
-                if t.pos.seq < int_field(t.finished.get("seq")):
+                if t.pos.seq < t.finished.durable_seq:
                     continue
             elif t.adopted_at is None:
                 continue
@@ -508,23 +507,23 @@ class Sender:
     def _remove(self, t: Tracked) -> None:
         end = _end_of(t)
         try:
-            self.sink.writer_done(t.id, t.files.meta or {}, end)
+            self.sink.writer_done(t.id, t.meta.who, end)
         except SinkError as exc:
             logger.warning("distwal: sink could not close writer %s, retrying later: %s", t.id, exc)
             return
         self._save_book()  # the cursor is durable before the files it covers go
-        tombstone = {
-            "writer": t.id,
-            "meta": t.files.meta,
-            "finish": t.finished,
-            "state": "finished" if t.finished is not None else "adopted",
-            "end": end,
-            "acked_seq": t.pos.seq,
-            "dead_letters": t.pos.dead,
-            "quarantined_bytes": t.quarantined,
-            "removed": time.time(),
-        }
-        _files.write_atomic(self._fds[HISTORY], f"{t.id}.json", orjson.dumps(tombstone), self.modes)
+        tombstone = Tombstone(
+            writer=t.id,
+            meta=t.meta,
+            finish=t.finished,
+            state="finished" if t.finished is not None else "adopted",
+            end=end,
+            acked_seq=t.pos.seq,
+            dead_letters=t.pos.dead,
+            quarantined_bytes=t.quarantined,
+            removed=time.time(),
+        )
+        _files.write_atomic(self._fds[HISTORY], _layout.format_tombstone_name(t.id), tombstone.to_bytes(), self.modes)
         _files.remove_folder(self._fds[t.parent], t.id, t.dir_fd)
         t.close()
         del self.writers[t.id]
@@ -594,4 +593,4 @@ def _redact(url: str) -> str:
     return redact(url)
 
 
-__all__ = ["ENVELOPE_KEYS", "LostLeadership", "Sender"]
+__all__ = ["LostLeadership", "Sender"]

@@ -30,6 +30,7 @@ from .._env import rank_from_env
 from .._exceptions import ClosedError, FullError
 from .._hooks import hooks
 from .._layout import Identity, Modes
+from .._marks import Finish, Heartbeat, Meta
 from .._record import BLOCK_BYTES, Sealed, timestamps_bytes, writer_tag
 from .._segment import SegmentWriter
 from .._signals import start_background_thread
@@ -164,28 +165,27 @@ class Writer:
         st = os.fstat(self._dir_fd)
         self._dir_key = (st.st_dev, st.st_ino)
         rank = rank_from_env()
-        self.meta = {
-            "version": 1,
-            "writer": self.id,
-            "host": self.identity.host,
-            "boot_id": self.identity.boot_id,
-            "pid_ns": self.identity.pid_ns,
-            "pid": self.identity.pid,
-            "create_time": self.identity.create_time,
-            "rank": rank.rank,
-            "local_rank": rank.local_rank,
-            "world_size": rank.world_size,
-            "group_rank": rank.group_rank,
-            "attempt": rank.attempt,
-            "run": self.config.run_id,
-            "domain": self.domain,
-            "durability": self.config.durability,
-            "segment_bytes": self.config.segment_bytes,  # tells readers when a later segment may exist
-            "first_seq": first_seq,
-            "continues": continues,
-            "started": time.time(),
-        }
-        _files.write_atomic(self._dir_fd, _layout.META, orjson.dumps(self.meta), self._modes)
+        self.meta = Meta(
+            writer=self.id,
+            host=self.identity.host,
+            boot_id=self.identity.boot_id,
+            pid_ns=self.identity.pid_ns,
+            pid=self.identity.pid,
+            create_time=self.identity.create_time,
+            rank=rank.rank,
+            local_rank=rank.local_rank,
+            world_size=rank.world_size,
+            group_rank=rank.group_rank,
+            attempt=rank.attempt,
+            run=self.config.run_id,
+            domain=self.domain,
+            durability=self.config.durability,
+            segment_bytes=self.config.segment_bytes,
+            first_seq=first_seq,
+            continues=continues,
+            started=time.time(),
+        )
+        _files.write_atomic(self._dir_fd, _layout.META, self.meta.to_bytes(), self._modes)
         self._segments = SegmentWriter(
             self._dir_fd, self._modes, self.config.segment_bytes, sync_on_seal=self._fdatasync
         )
@@ -230,7 +230,7 @@ class Writer:
         from ..launch.run import ENV_PREFERRED, preferred_alive
         from ..leader.elector import Elector, ProcessLeadership, owner_of
 
-        owner = owner_of(self.identity, "rank", self.id, rank=self.meta["rank"])
+        owner = owner_of(self.identity, "rank", self.id, rank=self.meta.rank)
         config, domain, identity = self.config, self.domain, self.identity
         preferred = os.environ.get(ENV_PREFERRED, "")
 
@@ -612,31 +612,24 @@ class Writer:
     def _write_heartbeat(self, state: str) -> None:
         self._heartbeats += 1
         segment, offset = self._durable_at
-        beat = {
-            "n": self._heartbeats,
-            "ts": time.time(),
-            "state": state,
-            "seq": self._seq,
-            "durable_seq": self._durable_seq,
-            "segment": segment,
-            "offset": offset,
-            "dropped": self._dropped,
-            "error": self._last_error,
-        }
-        _files.write_atomic(self._dir_fd, _layout.HEARTBEAT, orjson.dumps(beat), self._modes, durable=False)
+        beat = Heartbeat(
+            n=self._heartbeats,
+            ts=time.time(),
+            state=state,
+            logged_seq=self._seq,
+            durable_seq=self._durable_seq,
+            durable_segment=segment,
+            durable_offset=offset,
+            dropped=self._dropped,
+            error=self._last_error,
+        )
+        _files.write_atomic(self._dir_fd, _layout.HEARTBEAT, beat.to_bytes(), self._modes, durable=False)
 
     def _write_finish_mark(self, lost: int, end: dict[str, Any]) -> None:
         segment, offset = self._durable_at
-        mark = {
-            "seq": self._durable_seq,
-            "segment": segment,
-            "offset": offset,
-            "ts": time.time(),
-            "dropped": self._dropped,
-            "lost": lost,  # records logged but not durable at the finish
-            "end": end,  # how the process ended (see _ends)
-        }
-        _files.write_atomic(self._dir_fd, _layout.FINISH, orjson.dumps(mark), self._modes)
+        mark = Finish(durable_seq=self._durable_seq, segment=segment, offset=offset, ts=time.time(),
+                      dropped=self._dropped, lost=lost, end=end)
+        _files.write_atomic(self._dir_fd, _layout.FINISH, mark.to_bytes(), self._modes)
         self._marked = True
 
     # -- process events -----------------------------------------------------------------

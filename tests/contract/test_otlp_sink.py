@@ -14,17 +14,16 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers.otlp import OTLPReceiver, Reply, python_value  # first: skips without opentelemetry-proto
 from hypothesis import given
 from hypothesis import strategies as st
-
-from helpers.otlp import OTLPReceiver, Reply, python_value  # first: skips without opentelemetry-proto
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from distwal._config import Config
+from distwal._envelope import envelope_prefix
 from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
-from distwal._scan import WriterFiles
 from distwal.sinks import Batch, Chunk
 from distwal.sinks.otlp import OTLPSink, encode_request, endpoint_of
 
@@ -36,7 +35,7 @@ META = {"host": "node7", "pid": 4242, "rank": 3, "run": "job-1", "local_rank": 1
 def chunk_of(writer: str, first: int, records: list[Any], meta: dict[str, Any] | None = None,
              ts: float = 1_700_000_000.25) -> Chunk:
     meta = META if meta is None else meta
-    prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+    prefix = envelope_prefix(writer, meta)
     return Chunk(writer, meta, prefix, first, [ts + i for i in range(len(records))],
                  [orjson.dumps(r) for r in records])
 

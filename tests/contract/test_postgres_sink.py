@@ -14,8 +14,8 @@ import orjson
 import pytest
 from helpers.postgres import fresh_table
 
+from distwal._envelope import envelope_prefix
 from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkUnavailable, StaleEpoch
-from distwal._scan import WriterFiles
 from distwal.sinks import Batch, Chunk, sink_from_url
 from distwal.sinks.postgres import RAW_KEY, PostgresSink, split_url
 
@@ -27,7 +27,7 @@ META = {"host": "node7", "pid": 4242, "rank": 3, "run": "job-1", "local_rank": 1
 def batch_of(lines: list[bytes], epoch: int = 1, writer: str = "writer-a", first: int = 1,
              meta: dict[str, Any] | None = None, domain: str = "dom") -> Batch:
     meta = META if meta is None else meta
-    prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+    prefix = envelope_prefix(writer, meta)
     ts = [1_700_000_000.25 + i for i in range(len(lines))]
     return Batch(epoch, domain, (Chunk(writer, meta, prefix, first, ts, lines),))
 

@@ -23,8 +23,8 @@ import orjson
 import pytest
 from helpers.mlflow_server import MlflowServer, tags, timeout_for
 
+from distwal._envelope import envelope_prefix
 from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
-from distwal._scan import WriterFiles
 from distwal.sinks import Batch, Chunk, sink_from_url
 from distwal.sinks.mlflow import MLflowSink, pack, parse_url, record_entries
 
@@ -34,7 +34,7 @@ META = {"host": "node7", "pid": 4242, "rank": 3, "run": "job-1", "local_rank": 1
 def chunk(writer: str, first: int, records: list[dict[str, Any]], meta: dict[str, Any] | None = None,
           ts0: float = 1_700_000_000.0) -> Chunk:
     meta = meta or META
-    prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+    prefix = envelope_prefix(writer, meta)
     stamps = [ts0 + first + i for i in range(len(records))]  # a resent seq has its first timestamp
     return Chunk(writer, meta, prefix, first, stamps, [orjson.dumps(r) for r in records])
 

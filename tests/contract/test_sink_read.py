@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from distwal._scan import WriterFiles
+from distwal._envelope import envelope_prefix
 from distwal.sinks import Batch, Chunk, MockSink
 from distwal.sinks import sqlite as sqlite_sink
 from distwal.sinks.http import HTTPSink
@@ -27,7 +27,7 @@ def batch(epoch: int = 1) -> Batch:
     chunks = []
     for writer, (run, rank) in WRITERS.items():
         meta = {"host": "node1", "pid": 7, "rank": rank, "run": run, "local_rank": rank, "attempt": 0}
-        prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+        prefix = envelope_prefix(writer, meta)
         seqs = range(1, 41)
         lines = [orjson.dumps({"w": writer, "seq": s, "loss": "NaN" if s == 5 else s / 3}) for s in seqs]
         chunks.append(Chunk(writer, meta, prefix, 1, [1000.0 + (s // 4) for s in seqs], lines))

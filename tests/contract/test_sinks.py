@@ -27,6 +27,7 @@ import orjson
 import pytest
 from helpers.cluster import Fault, FaultServer, check_known_bug, serve_cli
 
+from distwal._envelope import envelope_prefix
 from distwal._exceptions import (
     SinkError,
     SinkPaused,
@@ -35,7 +36,6 @@ from distwal._exceptions import (
     SinkUnavailable,
     StaleEpoch,
 )
-from distwal._scan import WriterFiles
 from distwal.sinks import Batch, Chunk, MockSink, Sink, sink_from_url
 from distwal.sinks.http import HTTPSink
 from distwal.sinks.jsonl import JSONLSink
@@ -52,7 +52,7 @@ def make_batch(epoch: int, *spans: tuple[str, int, int], domain: str = DOMAIN) -
     chunks = []
     for writer, first, count in spans:
         meta = {"host": "node7", "pid": 4242, "rank": 3, "run": "job-1", "local_rank": 1, "attempt": 2}
-        prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+        prefix = envelope_prefix(writer, meta)
         seqs = range(first, first + count)
         lines = [orjson.dumps({"writer": writer, "n": seq, "text": "é\n\"x\""}) for seq in seqs]
         chunks.append(Chunk(writer, meta, prefix, first, [1_700_000_000.5 + seq for seq in seqs], lines))

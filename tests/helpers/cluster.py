@@ -672,7 +672,7 @@ def files_named(root: str | os.PathLike[str], fragment: str) -> list[str]:
 
 def seqs_on_disk(wal_dir: str | os.PathLike[str]) -> dict[str, list[int]]:
     """{writer: readable seqs} of every writer folder, in writers/ and in adopted/."""
-    from distwal._scan import iter_envelopes, load_writer
+    from distwal._folder import iter_envelopes, load_writer
 
     found: dict[str, list[int]] = {}
     for sub in ("writers", "adopted"):

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from distwal._marks import Finish, Heartbeat, Meta
+
 SEED_ENV = "DISTWAL_TEST_SEED"
 
 PRELUDE = '''\
@@ -300,9 +302,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 @dataclass
 class WriterOnDisk:
     id: str
-    meta: dict[str, Any] | None
-    heartbeat: dict[str, Any] | None
-    finish: dict[str, Any] | None
+    meta: Meta | None
+    heartbeat: Heartbeat | None
+    finish: Finish | None
     records: list[tuple[int, float, Any]] = field(default_factory=list)  # (seq, ts, data)
     damage: list[Any] = field(default_factory=list)
 
@@ -320,8 +322,8 @@ class WriterOnDisk:
 
 
 def read_dir(root: str | os.PathLike[str]) -> dict[str, WriterOnDisk]:
-    """Every writer under `root` with its marks and records, read with distwal._scan."""
-    from distwal._scan import iter_envelopes, list_writers
+    """Every writer under `root` with its marks and records, read with distwal._folder."""
+    from distwal._folder import iter_envelopes, list_writers
 
     found = {}
     for files in list_writers(os.fspath(root)):

@@ -83,8 +83,8 @@ def test_exit_finishes_the_writer_promptly(tmp_path, wal_dir, seed, how, interva
         assert logged == n, f"{logged} records on disk, {n} logged {context}"
     assert [data["i"] for _, _, data in writer.records] == list(range(logged)), context
     assert writer.finish is not None, f"no finish mark after a normal exit {context}"
-    assert writer.finish["seq"] == logged and writer.finish["lost"] == 0, f"finish mark {writer.finish} {context}"
-    assert writer.heartbeat is not None and writer.heartbeat["state"] == "finished", f"{writer.heartbeat} {context}"
+    assert writer.finish.durable_seq == logged and writer.finish.lost == 0, f"finish mark {writer.finish} {context}"
+    assert writer.heartbeat is not None and writer.heartbeat.state == "finished", f"{writer.heartbeat} {context}"
 
 
 def _delivered(wal_dir, writer_id: str) -> dict[int, object]:
@@ -145,4 +145,4 @@ def test_exit_with_an_unreachable_sink_waits_at_most_the_exit_timeout(tmp_path, 
     writer = only_writer(wal_dir, context)
     assert_contiguous_from_1(writer, context)
     assert [data["i"] for _, _, data in writer.records] == list(range(n)), f"records not kept on disk {context}"
-    assert writer.finish is not None and writer.finish["seq"] == n, f"finish mark {writer.finish} {context}"
+    assert writer.finish is not None and writer.finish.durable_seq == n, f"finish mark {writer.finish} {context}"

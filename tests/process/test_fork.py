@@ -79,18 +79,18 @@ def test_forked_children_get_their_own_writers_and_never_touch_the_parents_files
     assert len({parent_id, *child_ids.values()}) == 3, f"a child reused its parent's writer id {context}"
 
     parent = writers[parent_id]
-    assert parent.meta["pid"] == int(parent_pid), context
+    assert parent.meta.pid == int(parent_pid), context
     assert_contiguous_from_1(parent, context)
     assert [data for _, _, data in parent.records] == [{"who": "parent", "i": i} for i in range(n_parent)], (
         f"the parent's files hold {len(parent.records)} records, "
         f"{sum(1 for _, _, d in parent.records if d.get('who') != 'parent')} of them not the parent's {context}"
     )
-    assert parent.finish is not None and parent.finish["seq"] == n_parent, f"finish mark {parent.finish} {context}"
+    assert parent.finish is not None and parent.finish.durable_seq == n_parent, f"finish mark {parent.finish} {context}"
 
     for name, (pid, writer_id, last_seq, ok) in children.items():
         child = writers[writer_id]
         assert ok == "True" and int(last_seq) == n_child, (name, ok, last_seq, context)
-        assert child.meta["pid"] == int(pid) != int(parent_pid), f"child {name}: meta {child.meta} {context}"
+        assert child.meta.pid == int(pid) != int(parent_pid), f"child {name}: meta {child.meta} {context}"
         assert_contiguous_from_1(child, context)
         assert [data for _, _, data in child.records] == [{"who": name, "i": i} for i in range(n_child)], (
             f"child {name}'s folder holds {[d for _, _, d in child.records][:3]}... {context}"

@@ -3,7 +3,7 @@
 The child reports on stdout, in one unbuffered write per line, every seq that `log`
 returned; the parent SIGKILLs it at a seeded random moment, reads stdout to EOF (so it
 holds every report the child made before dying), and reads the directory back with
-distwal._scan.
+distwal._folder.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_sync_mode_sigkill_keeps_every_acknowledged_record(tmp_path, seed):
         assert len({seq for seq, _, _ in acks}) == len(acks), f"log returned a seq twice {context}"
 
         writer = only_writer(wal_dir, context)
-        assert writer.meta is not None and writer.meta["pid"] == child_pid, context
+        assert writer.meta is not None and writer.meta.pid == child_pid, context
         assert_contiguous_from_1(writer, context)
         on_disk = writer.by_seq
         lost = [(seq, t, i) for seq, t, i in acks if seq not in on_disk]

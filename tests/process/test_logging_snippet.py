@@ -17,7 +17,7 @@ import orjson
 import pytest
 from helpers.procs import child_env
 
-from distwal._scan import iter_envelopes, list_writers
+from distwal._folder import iter_envelopes, list_writers
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 

@@ -97,14 +97,14 @@ def test_pool_workers_leave_every_record_on_disk_and_a_finish_mark(tmp_path, wal
     for writer_id, logged in by_writer.items():
         writer = writers[writer_id]
         assert_contiguous_from_1(writer, context)
-        assert {pid for _, _, pid in logged} == {writer.meta["pid"]}, f"{writer_id}: pids {logged} {context}"
+        assert {pid for _, _, pid in logged} == {writer.meta.pid}, f"{writer_id}: pids {logged} {context}"
         assert [(seq, {"task": i}) for seq, i, _ in sorted(logged)] == [(s, d) for s, _, d in writer.records], (
             f"worker {writer_id}: on disk {writer.records}, logged {sorted(logged)} {context}"
         )
         assert writer.finish is not None, (
             f"worker {writer_id} left without a finish mark: its finalizer did not run {context}"
         )
-        assert writer.finish["seq"] == len(logged) and writer.finish["lost"] == 0, (
+        assert writer.finish.durable_seq == len(logged) and writer.finish.lost == 0, (
             f"worker {writer_id}: finish mark {writer.finish}, {len(logged)} records {context}"
         )
     if parent_id:

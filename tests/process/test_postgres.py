@@ -21,7 +21,7 @@ from helpers.postgres import fresh_table
 from helpers.procs import child_env, read_json
 
 from distwal._exceptions import StaleEpoch
-from distwal._scan import WriterFiles
+from distwal._envelope import envelope_prefix
 from distwal.sinks import Batch, Chunk
 from distwal.sinks.http import HTTPSink
 from distwal.sinks.postgres import RAW_KEY
@@ -136,7 +136,7 @@ def _http_server(tmp_path: Path, how: str) -> Iterator[str]:
 
 def batch(epoch: int, writer: str, first: int, count: int) -> Batch:
     meta: dict[str, Any] = {"host": "node1", "pid": 7, "rank": 0, "run": "r", "local_rank": 0, "attempt": 0}
-    prefix = WriterFiles(writer, "/nowhere", meta, None, None).envelope_prefix()
+    prefix = envelope_prefix(writer, meta)
     seqs = range(first, first + count)
     return Batch(epoch, "shared-domain", (Chunk(writer, meta, prefix, first, [1.7e9 + s for s in seqs],
                                                 [orjson.dumps({"s": s, "nul": "\x00"}) for s in seqs]),))

@@ -32,7 +32,7 @@ import atheris
 import orjson
 
 with atheris.instrument_imports():
-    from distwal import _files, _scan, _segment, _status
+    from distwal import _files, _folder, _segment, _status
     from distwal._record import encode_block, timestamps_bytes, writer_tag
     from distwal._segment import Block, Damage
 
@@ -88,11 +88,11 @@ def build_dir(segment: bytes, meta: bytes, beat: bytes, finish: bytes) -> str:
 
 
 def check_scanner(root: str, blocks: dict[int, list[bytes]]) -> None:
-    writers = _scan.list_writers(root)
+    writers = _folder.list_writers(root)
     assert [w.id for w in writers] == [WRITER_ID], [w.id for w in writers]
     last = 0
     head = b'{"writer":"%s",' % WRITER_ID.encode()
-    for seq, _ts, envelope in _scan.iter_envelopes(writers[0], []):
+    for seq, _ts, envelope in _folder.iter_envelopes(writers[0], []):
         assert seq > last, (seq, last)
         last = seq
         assert envelope.startswith(head), envelope[:120]

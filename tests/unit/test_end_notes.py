@@ -15,6 +15,7 @@ import pytest
 import distwal
 from distwal import _ends, _files
 from distwal._ends import EndNotes, first_failure, recorded_end, writer_end
+from distwal._marks import Finish
 from distwal._segment import last_ts_on_disk
 
 
@@ -98,21 +99,26 @@ def test_after_fork_the_child_forgets_the_parents_notes():
 # -- what a reader infers ------------------------------------------------------------------------------
 
 
+def _end_of_mark(raw: dict) -> dict:
+    """The end status shows for a finish mark holding `raw`, read the way every reader reads it."""
+    return writer_end(Finish.parse(raw), gone=True, last_sign=lambda: pytest.fail("a finish mark says it all"))
+
+
 def test_recorded_end_of_marks_old_new_and_damaged():
-    assert recorded_end({"seq": 3, "ts": 10.0})["reason"] == "finished"  # written before ends existed
-    assert recorded_end({"ts": 10.0, "end": {"reason": "nonsense"}}) == {
+    assert _end_of_mark({"seq": 3, "ts": 10.0})["reason"] == "finished"  # written before ends existed
+    assert _end_of_mark({"ts": 10.0, "end": {"reason": "nonsense"}}) == {
         "reason": "finished", "detail": "finish mark", "code": None, "signal": None, "ts": 10.0}
-    end = recorded_end({"ts": 10.0, "end": {"reason": "exit", "detail": "exit code 3", "code": 3, "signal": 7,
+    end = _end_of_mark({"ts": 10.0, "end": {"reason": "exit", "detail": "exit code 3", "code": 3, "signal": 7,
                                             "ts": True}})
     assert end == {"reason": "exit", "detail": "exit code 3", "code": 3, "signal": None, "ts": 10.0}
+    assert recorded_end({"reason": "signal", "detail": "SIGTERM", "signal": "SIGTERM", "ts": 5.0})["ts"] == 5.0
 
 
 def test_writer_end_is_null_while_running_and_lost_with_the_last_sign_once_gone():
     assert writer_end(None, gone=False, last_sign=lambda: pytest.fail("not asked while running")) is None
     lost = writer_end(None, gone=True, last_sign=lambda: 42.5)
     assert (lost["reason"], lost["ts"], lost["code"], lost["signal"]) == ("lost", 42.5, None, None)
-    finished = writer_end({"end": _ends.make_end("signal", "SIGTERM", signal="SIGTERM", ts=7.0)}, gone=True,
-                          last_sign=lambda: pytest.fail("a finish mark says it all"))
+    finished = _end_of_mark({"end": _ends.make_end("signal", "SIGTERM", signal="SIGTERM", ts=7.0)})
     assert finished["reason"] == "signal" and finished["ts"] == 7.0
 
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 import distwal
-from distwal._scan import iter_envelopes, list_writers
+from distwal._folder import iter_envelopes, list_writers
 
 
 def records_in(root: Path) -> list[dict[str, Any]]:

@@ -18,7 +18,19 @@ from hypothesis import strategies as st
 
 from distwal import ConfigError, LayoutError, _files
 from distwal._files import ensure_domain, make_subdir, open_dir, prepare_dir, read_json, write_atomic
-from distwal._layout import Identity, Modes, format_segment_name, format_writer_id, is_writer_id, parse_segment_name
+from distwal._layout import (
+    Identity,
+    Modes,
+    format_deadletter_name,
+    format_quarantine_name,
+    format_segment_name,
+    format_tombstone_name,
+    format_writer_id,
+    is_writer_id,
+    parse_quarantine_name,
+    parse_segment_name,
+    parse_tombstone_name,
+)
 
 PRIVATE = Modes.for_config(shared_group=False)
 SHARED = Modes.for_config(shared_group=True)
@@ -56,6 +68,32 @@ def test_segment_names_sort_like_their_indexes(indexes: list[int]) -> None:
 )
 def test_parse_segment_name_rejects_other_names(name: str) -> None:
     assert parse_segment_name(name) is None
+
+
+WRITER = "node.a_1-0123abcd-4026531836-42-1700000000123-deadbeef"
+
+
+def test_tombstone_names_round_trip_and_refuse_other_files() -> None:
+    assert format_tombstone_name(WRITER) == f"{WRITER}.json"
+    assert parse_tombstone_name(format_tombstone_name(WRITER)) == WRITER
+    for name in ("t.json", f"{WRITER}.json.tmp", f".{WRITER}.json.1.ab.tmp", WRITER, f"{WRITER}.ndjson"):
+        assert parse_tombstone_name(name) is None, name
+
+
+@given(st.integers(min_value=0, max_value=0xFFFFFFFF), st.integers(min_value=0, max_value=2**40))
+def test_quarantine_names_round_trip(segment: int, start: int) -> None:
+    name = format_quarantine_name(WRITER, segment, start)
+    assert parse_quarantine_name(name) == (WRITER, segment, start)
+
+
+@pytest.mark.parametrize("name", [f"{WRITER}.0000000.5.bin", "x.00000001.5.bin", f"{WRITER}.00000001.-5.bin",
+                                  f"{WRITER}.00000001.5.bin.tmp"])
+def test_parse_quarantine_name_rejects_other_names(name: str) -> None:
+    assert parse_quarantine_name(name) is None
+
+
+def test_dead_letters_are_one_file_per_writer() -> None:
+    assert format_deadletter_name(WRITER) == f"{WRITER}.ndjson"
 
 
 _hosts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=100)

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 import distwal
-from distwal._scan import iter_envelopes, list_writers
+from distwal._folder import iter_envelopes, list_writers
 
 NAN, INF = float("nan"), float("inf")
 

@@ -19,7 +19,7 @@ import pytest
 
 import distwal
 from distwal import _api
-from distwal._scan import iter_envelopes, iter_items, list_writers
+from distwal._folder import iter_envelopes, iter_items, list_writers
 from distwal._segment import Block, Damage
 
 LONG = 3600.0  # seconds: an interval so long the flusher only runs when woken
@@ -200,8 +200,8 @@ def test_finish_is_idempotent_and_writes_the_finish_mark(root: Path) -> None:
     assert writer.finish(timeout=10) is True
     assert writer.finish(timeout=10) is True
     (found,) = list_writers(str(root))
-    assert found.finish is not None and found.finish["seq"] == 3 and found.finish["lost"] == 0
-    assert found.heartbeat is not None and found.heartbeat["state"] == "finished"
+    assert found.finish is not None and found.finish.durable_seq == 3 and found.finish.lost == 0
+    assert found.heartbeat is not None and found.heartbeat.state == "finished"
 
 
 # -- full buffer -------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_on_full_drop_counts_drops_returns_zero_and_uses_no_seq(root: Path) -> N
     assert writer.finish(timeout=10)
     assert data_of(root) == [(1, PRIME)] + [(i, RECORD) for i in range(2, fits + 2)] + [(fits + 2, {"after": 1})]
     (found,) = list_writers(str(root))
-    assert found.finish is not None and found.finish["dropped"] == 20 - fits
+    assert found.finish is not None and found.finish.dropped == 20 - fits
 
 
 def test_on_full_raise_raises_full_error_and_uses_no_seq(root: Path) -> None:
@@ -351,8 +351,8 @@ def test_meta_describes_the_writer(root: Path) -> None:
     (found,) = list_writers(str(root))
     assert found.id == writer.id
     assert found.meta is not None
-    assert (found.meta["writer"], found.meta["pid"], found.meta["run"]) == (writer.id, os.getpid(), "r")
-    assert found.meta["domain"] == writer.domain == orjson.loads((root / "domain.json").read_bytes())["domain"]
+    assert (found.meta.writer, found.meta.pid, found.meta.run) == (writer.id, os.getpid(), "r")
+    assert found.meta.domain == writer.domain == orjson.loads((root / "domain.json").read_bytes())["domain"]
 
 
 def test_heartbeat_is_renewed(root: Path) -> None:
