@@ -1,23 +1,9 @@
 """The append benchmark: what it costs a caller to log one record, and how fast records become durable.
 
-Every case appends the same 109-byte record (orjson form; `step` cycles through 10..99 so the
-size never changes), built afresh in the loop body as a training loop would:
-
-    {"type":"metric","rank":3,"step":42,"ts":1732200000.123,"data":{"loss":0.4321,"lr":0.0003,"grad_norm":1.234}}
-
-and reports, as the median of several interleaved runs each in a fresh temporary directory:
-
-  caller us/record  wall time of the logging loop / records. With 8 threads: the wall time from
-                    releasing all threads to the last one finishing / all records (the amortized
-                    cost; with the GIL, threads share one core's worth of Python).
-  throughput        records / time until they are where the case promises: durable (fdatasync'd)
-                    for distwal interval and sync and for Weave, written to the OS for the others.
-  records/fdatasync os.fdatasync (and os.fsync) are wrapped in this process to count calls made
-                    during the measured window; readback of the segments (blocks on disk, every
-                    record present) cross-checks it. Weave's fsyncs are counted the same way inside
-                    its subprocess.
-
-Run it through run.py: `python benchmarks/run.py [--short] append`.
+Every case appends the same 109-byte record, built afresh in the loop body as a training loop
+would; each figure is the median of interleaved runs, each in a fresh temporary directory.
+benchmarks/README.md ("append") says how every column is measured. Run it through run.py:
+`python benchmarks/run.py [--short] append`.
 """
 
 from __future__ import annotations

@@ -1,26 +1,15 @@
 """The ship benchmark: how fast and how soon the leader gets every writer's records to the sink.
 
-One run measures, with real processes on this host (child roles in _ship_child.py, started
-through tests/helpers/procs.py):
-
-  1. throughput  a backlog (8 writers x N records of append.py's 109-byte record, written with
-                 DISTWAL_DISABLE_SENDER=1 in interval mode, each writer finished) drained by the
-                 library's Sender (in a child process, led as `distwal drain` leads, HTTPSink with
-                 gzip on and off) into (a) a discarding HTTP server and (b) `distwal serve`; against
-                 the raw limit: the same segment files read and POSTed as they are, in chunks of
-                 the same number of records, by the same HTTP client (and, for `distwal serve`,
-                 which only takes envelopes, the same envelopes built ahead of time); plus
-                 `distwal drain DIR --sink URL` itself, as a subprocess.
-  2. failover    and 3. adoption: the process tests that kill leaders and ranks
-                 (tests/process/test_leader_failover.py, test_adopt_dead_rank.py and
-                 tests/reliability/test_hosts_liveness.py's dead host) run under pytest and record
-                 the times they measure anyway (tests/helpers/timings.py); tabulated here.
-  4. scale       256 (and 1024) live writer folders: Sender.cycle() time with nothing to send and
-                 with a trickle of records, a forced full scan, and the leader's CPU share over a
-                 stretch of idle time.
-  5. memory      the leader draining a 2 GB backlog (200 MB in --short): RSS as it goes, peak.
-
-Run it through run.py: `python benchmarks/run.py [--short] ship`.
+Real processes on this host (child roles in _ship_child.py, started through tests/helpers):
+  1. throughput  a backlog drained by the library's Sender (HTTPSink, gzip on and off) into a
+                 discarding server and into `distwal serve`, against the raw limits, and
+                 `distwal drain` itself;
+  2. failover, 3. adoption: the process tests that kill leaders and ranks, run under pytest,
+                 tabulated from the timings they record (tests/helpers/timings.py);
+  4. scale       256 (and 1024) live writer folders: cycle times, a forced full scan, leader CPU;
+  5. memory      the leader draining a 2 GB backlog (200 MB in --short): RSS as it goes.
+benchmarks/README.md ("ship") says how each figure is taken. Run it through run.py:
+`python benchmarks/run.py [--short] ship`.
 """
 
 from __future__ import annotations
