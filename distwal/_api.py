@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from . import _files, _layout
 from ._config import Config
 from ._exceptions import ConfigError
-from .writer.writer import Writer
+from .writer.writer import StartElector, Writer
 
 _current: Writer | None = None
 _init_lock = threading.Lock()
@@ -39,10 +39,17 @@ def init(
         modes = _layout.Modes.for_config(config.shared_group)
         _files.prepare_dir(config.dir, modes)
         domain = _files.ensure_domain(config.dir, modes)
-        writer = Writer(config, domain)
+        writer = Writer(config, domain, None if config.disable_sender else _rank_elector())
         config.export()
         _current = writer
         return writer
+
+
+def _rank_elector() -> StartElector:
+    # Imported when a writer may lead, never by `import distwal`: the elector brings the sender.
+    from .leader.rank import start_elector
+
+    return start_elector
 
 
 def _check_same(

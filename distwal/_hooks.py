@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from ._ends import notes
 from ._signals import SigtermWatch
@@ -25,11 +25,28 @@ from ._signals import SigtermWatch
 _SIGTERM_GRACE = 1.0  # seconds the SIGTERM handler waits for durability before chaining
 
 
+class Hooked(Protocol):
+    """What the hooks ask of a writer: one method per process event (distwal.Writer)."""
+
+    def finish_at_exit(self, end: dict[str, Any]) -> bool:
+        """Finish within the exit timeout; the finish mark says how the process ends."""
+
+    def durable_soon(self, grace: float, signum: int) -> bool:
+        """Make what was logged durable within `grace`; False if the interrupted thread
+        holds the buffer (the writer then delivers `signum` again once it is written)."""
+
+    def end_now(self, end: dict[str, Any] | None, grace: float) -> None:
+        """The process ends without atexit: write the finish mark now."""
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's files; a new writer starts on the child's first log."""
+
+
 class Hooks:
     """Process-wide hooks: at exit, multiprocessing finalizers, SIGTERM, fork."""
 
     def __init__(self) -> None:
-        self.writers: list[Any] = []  # Writer objects
+        self.writers: list[Hooked] = []
         self._previous_sigterm: Any = None
         self._installed_sigterm = False
         self._finalizers: set[str] = set()
@@ -46,7 +63,7 @@ class Hooks:
         )
         atexit.register(self.at_exit)
 
-    def attach(self, writer: Any) -> None:
+    def attach(self, writer: Hooked) -> None:
         if writer not in self.writers:
             self.writers.append(writer)
         self._install_sigterm()
@@ -58,7 +75,7 @@ class Hooks:
                 util.Finalize(None, self.at_exit, exitpriority=100)
                 self._finalizers.add(name)
 
-    def detach(self, writer: Any) -> None:
+    def detach(self, writer: Hooked) -> None:
         if writer in self.writers:
             self.writers.remove(writer)
 
@@ -67,7 +84,7 @@ class Hooks:
             return
         end = notes.end_at_exit()  # how the process ends: the finish marks say it
         for writer in list(self.writers):
-            writer._finish(writer.config.exit_timeout, end)
+            writer.finish_at_exit(end)
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -84,9 +101,7 @@ class Hooks:
         self._watch.handled()
         # Take no lock here for long: the interrupted thread may hold it.
         for writer in list(self.writers):
-            if not writer._durable_soon(_SIGTERM_GRACE):
-                writer._resignal = signum
-                writer._poke()
+            if not writer.durable_soon(_SIGTERM_GRACE, signum):
                 return  # let log() finish; the flusher raises the signal again after writing
         previous = self._previous_sigterm
         if callable(previous):
@@ -100,7 +115,7 @@ class Hooks:
             # written here, or the writers would look lost.
             notes.note_signal(signum)
             for writer in list(self.writers):
-                writer._end_now(notes.first, _SIGTERM_GRACE)
+                writer.end_now(notes.first, _SIGTERM_GRACE)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -120,7 +135,7 @@ class Hooks:
         self._finalizers.clear()
         notes.after_fork_in_child()
         for writer in self.writers:
-            writer._after_fork_in_child()
+            writer.after_fork_in_child()
 
 
 hooks = Hooks()

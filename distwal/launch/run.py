@@ -22,30 +22,12 @@ from .._files import ensure_domain, prepare_dir
 from .._layout import Identity, Modes
 from .._preflight import check_sink
 from ..leader.elector import Elector, ThreadLeadership, build_sender, owner_of
+from ..leader.rank import ENV_PREFERRED, format_preferred
 
 logger = logging.getLogger("distwal")
 
-ENV_PREFERRED = "DISTWAL_PREFERRED_LEADER"  # "boot_id:pid_ns:pid:create_time" of the sidecar
 DEFAULT_DRAIN_TIMEOUT = 120.0  # seconds
 _FORWARDED = (signal.SIGINT, signal.SIGTERM)
-
-
-def format_preferred(identity: Identity) -> str:
-    return f"{identity.boot_id}:{identity.pid_ns}:{identity.pid}:{identity.create_time}"
-
-
-def preferred_alive(value: str, me: Identity) -> bool:
-    """True while the preferred leader named by `value` runs (only provable on our kernel)."""
-    from ..leader.liveness import probe_process
-
-    try:
-        boot_id, pid_ns, pid, create_time = value.split(":")
-        if boot_id != me.boot_id or int(pid_ns) != me.pid_ns:
-            return False  # another host's sidecar: our own node has its own, or none
-        # thorough: a killed sidecar nobody reaped yet is a zombie, and zombies do not lead
-        return probe_process(int(pid), float(create_time), thorough=True) is not False
-    except ValueError:
-        return False
 
 
 def run_command(

@@ -398,7 +398,9 @@ def test_directory_removed_under_a_running_job_is_recreated_and_delivery_goes_on
         shutil.rmtree(wal)
         wait_until(lambda: "was removed while writer" in rank.stderr, 10,
                    "the writer to say its directory was removed", rank.describe)
-        assert (wal / "writers").is_dir() and (wal / "domain.json").is_file(), "the directory was not recreated"
+        # It says so first, then recreates the directory: wait for that too.
+        wait_until(lambda: (wal / "writers").is_dir() and (wal / "domain.json").is_file(), 10,
+                   "the directory to be recreated", rank.describe)
         go.touch()
         flushed = rank.wait_for("flushed2", 30)
         assert flushed.parts[1] == "True", rank.describe()

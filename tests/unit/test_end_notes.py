@@ -16,6 +16,7 @@ import distwal
 from distwal import _ends, _files
 from distwal._ends import EndNotes, first_failure, recorded_end, writer_end
 from distwal._marks import Finish
+from distwal._record import writer_tag
 from distwal._segment import last_ts_on_disk
 
 
@@ -149,7 +150,7 @@ def test_last_record_time_on_disk_is_the_last_logged(tmp_path: Path):
     after = time.time()
     fd = _files.open_dir(str(tmp_path / "run" / "writers" / w.id))
     try:
-        last = last_ts_on_disk(fd, writer=w._tag)
+        last = last_ts_on_disk(fd, writer=writer_tag(w.id))
     finally:
         os.close(fd)
     assert last is not None and before <= last <= after

@@ -18,8 +18,9 @@ import orjson
 import pytest
 
 import distwal
-from distwal import _api
+from distwal import _api, _files
 from distwal._folder import iter_envelopes, iter_items, list_writers
+from distwal._layout import Identity, Modes
 from distwal._segment import Block, Damage
 
 LONG = 3600.0  # seconds: an interval so long the flusher only runs when woken
@@ -362,6 +363,22 @@ def test_heartbeat_is_renewed(root: Path) -> None:
     assert wait_until(lambda: orjson.loads(path.read_bytes())["n"] > first + 1)
 
 
+def test_a_writer_whose_folder_is_moved_away_continues_in_a_new_folder(root: Path) -> None:
+    writer = distwal.init(dir=root, heartbeat_interval=0.02, interval=0.005)
+    writer.log({"a": 1})
+    assert writer.flush(timeout=10)
+    old = writer.id
+    os.rename(root / "writers" / old, root / "adopted")  # as a leader that took it for dead
+    assert wait_until(lambda: writer.id != old), "the writer did not notice its folder was gone"
+    assert writer.log({"a": 2}) == 2  # seqs go on
+    assert writer.flush(timeout=10)
+    meta = orjson.loads((root / "writers" / writer.id / "meta.json").read_bytes())
+    assert (meta["continues"], meta["first_seq"]) == (old, 2)
+    assert data_of(root) == [(2, {"a": 2})]
+    assert writer.finish(timeout=10)
+    assert orjson.loads((root / "writers" / writer.id / "finish.json").read_bytes())["seq"] == 2
+
+
 # -- init ---------------------------------------------------------------------------------------------------
 
 
@@ -431,3 +448,94 @@ def test_module_shortcuts_without_a_writer(monkeypatch) -> None:
     assert distwal.current() is None
     assert distwal.flush() is True
     assert distwal.finish() is True
+
+
+# -- the elector init hands the writer -----------------------------------------------------------------------
+
+
+class FakeElector:
+    """Stands in for a rank's elector: records how the writer started and stopped it."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, Any, str]] = []  # (writer id, rank, domain)
+        self.stops: list[float] = []
+
+    def start(self, config: Any, identity: Any, writer_id: str, rank: Any, domain: str) -> FakeElector:
+        assert identity.pid == os.getpid()
+        self.started.append((writer_id, rank, domain))
+        return self
+
+    def stop(self, drain_timeout: float = 0.0) -> None:
+        self.stops.append(drain_timeout)
+
+    def forget_after_fork(self) -> None:
+        raise AssertionError("no fork here")
+
+
+def test_a_writer_starts_the_elector_it_is_given_and_stops_it_at_finish(root: Path, monkeypatch) -> None:
+    from distwal._config import Config
+    from distwal.writer.writer import Writer
+
+    monkeypatch.setenv("RANK", "5")
+    config = Config.load(dir=root)
+    domain = _files.ensure_domain(_prepared(config), Modes.for_config(False))
+    elector = FakeElector()
+    writer = Writer(config, domain, elector.start)
+    assert elector.started == [(writer.id, 5, domain)]
+    assert writer.finish(timeout=5)
+    assert len(elector.stops) == 1 and 0 < elector.stops[0] <= 5, "finish() did not drain the elector in its time"
+    writer.finish(timeout=5)
+    assert len(elector.stops) == 1
+
+
+def _prepared(config: Any) -> str:
+    _files.prepare_dir(config.dir, Modes.for_config(False))
+    return config.dir
+
+
+def test_init_gives_a_writer_that_may_lead_the_ranks_elector(root: Path, monkeypatch) -> None:
+    import distwal.leader.rank
+
+    elector = FakeElector()
+    monkeypatch.setattr(distwal.leader.rank, "start_elector", elector.start)
+    distwal.init(dir=root)  # the unit tests' environment disables the sender
+    assert elector.started == []
+    distwal.finish(timeout=5)
+    monkeypatch.delenv("DISTWAL_DISABLE_SENDER")
+    writer = distwal.init(dir=root)
+    assert [started[0] for started in elector.started] == [writer.id]
+
+
+def test_a_rank_defers_to_a_preferred_leader_only_while_it_runs_on_this_kernel() -> None:
+    from dataclasses import replace
+
+    from distwal.leader.rank import format_preferred, preferred_alive
+
+    me = Identity.of_this_process()
+    assert preferred_alive(format_preferred(me), me)  # this process runs
+    assert not preferred_alive(format_preferred(replace(me, create_time=me.create_time - 100)), me)  # pid reused
+    assert not preferred_alive(format_preferred(replace(me, boot_id="0" * 32)), me)  # another host's
+    assert not preferred_alive("not:a:preferred", me)
+
+
+def test_the_writer_side_imports_no_elector_sender_or_launcher() -> None:
+    """init hands the writer its elector; the writer reads formats (cursor book, lease) only."""
+    import ast
+
+    import distwal.writer
+
+    allowed_from_leader = {"distwal.leader.cursor", "distwal.leader.election"}
+    package = Path(distwal.writer.__file__).parent
+    for source in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = "distwal" if node.level == 2 else "distwal.writer" if node.level == 1 else ""
+                names = [f"{base}.{node.module}".strip(".") if node.module else base]
+                names += [f"{names[0]}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                leader = name.startswith("distwal.leader.") and not name.startswith(tuple(allowed_from_leader))
+                assert not leader and not name.startswith("distwal.launch"), f"{source.name} imports {name}"
