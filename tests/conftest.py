@@ -14,6 +14,7 @@ which draws fresh random examples and prints the reproduction blob of any failur
 from __future__ import annotations
 
 import os
+import signal
 from typing import Iterator
 
 import pytest
@@ -38,6 +39,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "distwal"))
+
+# A test suite started in the background by a shell without job control (`make test &`,
+# nohup, some CI runners) inherits SIGINT ignored, and so would every process the tests
+# start: the tests that interrupt a job or `status --watch` with SIGINT would then wait
+# for ever. A handled signal is reset to the default in a child at exec, an ignored one is not.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _finish_all_writers() -> None:
