@@ -12,20 +12,17 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .._config import ENV_SINK, Config, _redact, public_url
-from .._exceptions import ConfigError
-from .._files import check_dir, ensure_domain
-from .._layout import Identity, Modes
+from .._exceptions import ConfigError, LeaderTimeout
+from .._files import check_dir
 from .._preflight import check_open_sink
 from ..launch.run import delivery_line
-from ..leader.election import read_lease, recorded_sink, release_lease
-from ..leader.elector import Elector, build_sender, owner_of
-from ..leader.sender import LostLeadership, Sender
+from ..leader.election import read_lease, recorded_sink
+from ..leader.lead import lead
+from ..leader.sender import Sender
 from ._common import require_run_dir, resolve_dir
-
-POLL = 0.2  # seconds between attempts to take leadership
 
 
 def run(args: list[str]) -> int:
@@ -39,47 +36,50 @@ def run(args: list[str]) -> int:
     root = require_run_dir(resolve_dir(opts.dir))
     check_dir(root)
     config = Config.load(dir=root, sink=sink_for(root, opts.sink))
-    domain = ensure_domain(root, Modes.for_config(config.shared_group))
-    identity = Identity.of_this_process()
-    owner = owner_of(identity, "drain")
-    elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
     deadline = time.monotonic() + opts.timeout
     started: float | None = None
     marks: dict[str, int] | None = None
     while True:  # a lease lost to a stall (or to another leader) is taken back until the deadline
-        if not _take_leadership(elector, root, config.sink, deadline, opts.timeout):
-            return 1
-        sender = build_sender(config, elector.epoch, owner, domain, identity)
         try:
-            if started is None:
-                started = time.monotonic()
-                # Only now, as the leader, and through the leader's own sink: the SQLite sink
-                # is opened by the leader alone.
-                print(f"distwal drain: {check_open_sink(sender.sink, config.sink)[1]}", file=sys.stderr)
-            sender._discover()
-            if marks is None:
-                marks = sender.pending_marks()
-                print(f"distwal drain: leading {root} with epoch {elector.epoch}; {len(marks)} writers, "
-                      f"{sum(marks.values())} records up to their marks", file=sys.stderr)
+            with lead(config, kind="drain", timeout=max(0.0, deadline - time.monotonic()),
+                      waiting=_waiting(root, config.sink)) as sender:
+                if started is None:
+                    started = time.monotonic()
+                    # Only now, as the leader, and through the leader's own sink: the SQLite sink
+                    # is opened by the leader alone.
+                    print(f"distwal drain: {check_open_sink(sender.sink, config.sink)[1]}", file=sys.stderr)
+                sender.roster.discover()
+                if marks is None:
+                    marks = sender.roster.pending_marks()
+                    print(f"distwal drain: leading {root} with epoch {sender.lease.epoch}; {len(marks)} writers, "
+                          f"{sum(marks.values())} records up to their marks", file=sys.stderr)
+                else:
+                    print(f"distwal drain: leading again with epoch {sender.lease.epoch}", file=sys.stderr)
+                outcome = _send_through(sender, marks, deadline, opts.timeout, root)
+                if outcome == "delivered":
+                    state = {"acked_records": sender.health.acked_records, "writers": len(marks)}
+                    dead = f", {sender.health.dead_letters} kept as dead letters" if sender.health.dead_letters else ""
+                    line = delivery_line(config, True, state, time.monotonic() - started, opts.timeout)
+                    print(f"distwal: {line}{dead}", file=sys.stderr)
+        except LeaderTimeout:
+            leader = _live_leader(root)
+            if leader:
+                print(f"distwal drain: another process leads {root}: {leader}, still after {opts.timeout:.0f}s; "
+                      "stop it or let it finish, then retry", file=sys.stderr)
             else:
-                print(f"distwal drain: leading again with epoch {elector.epoch}", file=sys.stderr)
-            outcome = _send_through(sender, marks, deadline, opts.timeout, root)
-            if outcome == "delivered":
-                state = {"acked_records": sender.health.acked_records, "writers": len(marks)}
-                dead = f", {sender.health.dead_letters} kept as dead letters" if sender.health.dead_letters else ""
-                line = delivery_line(config, True, state, time.monotonic() - started, opts.timeout)
-                print(f"distwal: {line}{dead}", file=sys.stderr)
-        finally:
-            sender.close()
-            release_lease(root, elector.epoch, elector.modes)
-            elector.lock.release()
+                print(f"distwal drain: could not take leadership of {root} within {opts.timeout:.0f}s "
+                      "(no lease is held: see `distwal status` and the log above)", file=sys.stderr)
+            return 1
         if outcome != "lost":
             return 0 if outcome == "delivered" else 1
 
 
-def _take_leadership(elector: Elector, root: str, sink: str, deadline: float, timeout: float) -> bool:
+def _waiting(root: str, sink: str) -> Callable[[], None]:
+    """Between attempts to lead: refuse a sink recorded since we looked, and say once who leads."""
     announced = False
-    while not elector.acquire():
+
+    def waiting() -> None:
+        nonlocal announced
         recorded = recorded_sink(root)
         if recorded is not None and public_url(recorded) != public_url(sink):  # recorded since we looked
             raise ConfigError(_contradiction(root, recorded, sink))
@@ -87,41 +87,23 @@ def _take_leadership(elector: Elector, root: str, sink: str, deadline: float, ti
         if leader and not announced:
             print(f"distwal drain: waiting for {leader} to end its lease", file=sys.stderr)
             announced = True
-        if time.monotonic() >= deadline:
-            if leader:
-                print(f"distwal drain: another process leads {root}: {leader}, still after {timeout:.0f}s; "
-                      "stop it or let it finish, then retry", file=sys.stderr)
-            else:
-                print(f"distwal drain: could not take leadership of {root} within {timeout:.0f}s "
-                      "(no lease is held: see `distwal status` and the log above)", file=sys.stderr)
-            return False
-        time.sleep(POLL)
-    return True
+
+    return waiting
 
 
 def _send_through(sender: Sender, marks: dict[str, int], deadline: float, timeout: float, root: str) -> str:
-    """Send until everything up to `marks` is acknowledged: "delivered", "lost" (leadership), or "failed"."""
-    while True:
-        try:
-            sent = sender.cycle()
-        except LostLeadership as exc:
-            sent, sender.lease.lost = 0, sender.lease.lost or str(exc)
-        if not sent and sender.delivered_through(marks) and not sender.settling():
-            break  # a pass that found nothing more, and no dead writer left to adopt or remove
-        if time.monotonic() >= deadline:
-            left = sum(max(0, mark - t.pos.seq) for w, mark in marks.items()
-                       if (t := sender.writers.get(w)) is not None)
-            print(f"distwal drain: not everything was delivered: timeout after {timeout:.0f}s; sink state "
-                  f"{sender.health.state}: {sender.health.last_error}; {left} records left in {root}, "
-                  f"delivered when the sink takes them: distwal drain {root}", file=sys.stderr)
-            return "failed"
-        if sender.lease.lost:
-            print(f"distwal drain: lost leadership ({sender.lease.lost}); taking it back", file=sys.stderr)
-            return "lost"
-        if not sent:
-            time.sleep(0.05)
-    sender.retire()
-    return "delivered"
+    """Send until the drain rule holds for `marks`: "delivered", "lost" (leadership), or "failed"."""
+    outcome = sender.run(lambda: False, lambda: deadline, marks)
+    if outcome == "drained":
+        return "delivered"
+    if outcome == "deadline" or time.monotonic() >= deadline:
+        left = sender.roster.records_left(marks)
+        print(f"distwal drain: not everything was delivered: timeout after {timeout:.0f}s; sink state "
+              f"{sender.health.state}: {sender.health.last_error}; {left} records left in {root}, "
+              f"delivered when the sink takes them: distwal drain {root}", file=sys.stderr)
+        return "failed"
+    print(f"distwal drain: lost leadership ({sender.lost}); taking it back", file=sys.stderr)
+    return "lost"
 
 
 def sink_for(root: str, given: str | None) -> str | None:

@@ -21,7 +21,8 @@ from .._config import Config, _redact
 from .._files import ensure_domain, prepare_dir
 from .._layout import Identity, Modes
 from .._preflight import check_sink
-from ..leader.elector import Elector, ThreadLeadership, build_sender, owner_of
+from ..leader.elector import Elector, ThreadLeadership, owner_of
+from ..leader.lead import build_sender
 from ..leader.rank import ENV_PREFERRED, format_preferred
 
 logger = logging.getLogger("distwal")

@@ -20,7 +20,7 @@ from .._config import Config
 from .._layout import Identity
 from .._preflight import check_open_sink
 from .._signals import start_background_thread
-from .elector import build_sender
+from .lead import build_sender
 
 _PR_SET_PDEATHSIG = 1
 

@@ -55,6 +55,10 @@ KEEP_EPOCH_FILES = 16  # older epoch files are pruned
 _LOCKER = LockfLocker()
 
 
+class LostLeadership(Exception):
+    """Raised inside the leader's loop when this process must stop sending at once."""
+
+
 def format_epoch_name(epoch: int) -> str:
     return f"{epoch:016d}"
 
@@ -276,6 +280,11 @@ class LeaseKeeper:
             return self.clock() - self._renewed_at < self.lease_s
         self._renewed_at = now
         return True
+
+    def hold(self) -> None:
+        """Renew when due; raise LostLeadership once leadership is lost."""
+        if not self.renew_if_due():
+            raise LostLeadership(self.lost or "lease lost")
 
     def valid(self) -> bool:
         """Still the leader right now (call before anything that must be fenced)."""

@@ -2,8 +2,9 @@
 
 A rank never sends on its own threads: when its Elector wins, it starts the sender as a
 fresh interpreter (never a fork: CUDA and NCCL may be up) that dies with it, so the
-training loop only pays for a lock attempt every CONTEND_INTERVAL. `distwal run` and
-`distwal drain` have nothing else to do, so they host the sender on a thread.
+training loop only pays for a lock attempt every CONTEND_INTERVAL. `distwal run` has
+nothing else to do, so it hosts the sender on a thread; `distwal drain` leads once,
+through lead() (lead.py), which acquires as an Elector does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import orjson
 
@@ -33,8 +34,10 @@ from .election import (
     record_sink,
     release_lease,
 )
-from .liveness import LivenessJudge, probe_process
-from .sender import Sender
+from .liveness import probe_process
+
+if TYPE_CHECKING:
+    from .sender import Sender  # imported by whoever builds one: a rank's elector never does
 
 logger = logging.getLogger("distwal")
 
@@ -55,16 +58,6 @@ def owner_of(identity: Identity, kind: str, name: str | None = None, **extra: An
         "create_time": identity.create_time,
         **extra,
     }
-
-
-def build_sender(config: Config, epoch: int, owner: dict[str, Any], domain: str, identity: Identity) -> Sender:
-    """A Sender for `config.dir` at `epoch`, with the sink and liveness rules of `config`."""
-    from ..sinks import sink_from_url
-
-    modes = Modes.for_config(config.shared_group)
-    lease = LeaseKeeper(config.dir, epoch, owner, config.lease_s, modes)
-    judge = LivenessJudge(identity, config.lease_s)
-    return Sender(config.dir, sink_from_url(config.sink), config.sink, lease, judge, domain, modes)
 
 
 class Leadership(Protocol):

@@ -1,10 +1,11 @@
 """The leader loop: read every writer from its cursor, send batches, save cursors on ack.
 
 Order of effects, always: the sink acknowledges, the cursor book is durable, and only
-then are acknowledged segments unlinked. Dead writers are adopted (their folder moved to
-adopted/), shipped, and removed; finished writers are removed once delivered, leaving a
-tombstone in history/. A damaged span below a writer's durable watermark is copied to
-quarantine/ and skipped; above it, it is simply not written yet.
+then are acknowledged segments unlinked. Which writers there are, and which are adopted
+or retired, is the roster's business (roster.py). A batch the sink refuses is split and
+bisected down to the envelopes it refuses for good, which become dead letters. A damaged
+span below a writer's durable watermark is copied to quarantine/ and skipped; above it,
+it is simply not written yet (reading.py).
 """
 
 from __future__ import annotations
@@ -13,24 +14,21 @@ import logging
 import os
 import random
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping
 
 import orjson
 
 from .. import _files, _layout
-from .._ends import last_sign_of_life, writer_end
-from .._exceptions import SinkError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
-from .._folder import load_writer
-from .._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Modes
-from .._marks import Finish, Tombstone
-from .._segment import last_seq_on_disk
+from .._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
+from .._layout import DEADLETTERS, QUARANTINE, SENDER, Modes
 from ..sinks import Batch, Chunk, Sink
-from .cursor import Position, read_cursors, write_cursors
-from .election import LeaseKeeper
+from .cursor import Position
+from .election import LeaseKeeper, LostLeadership
+from .health import Health
 from .liveness import LivenessJudge
 from .reading import FolderReader, Tracked
+from .roster import Roster
 
 logger = logging.getLogger("distwal")
 
@@ -41,16 +39,10 @@ BUSY_PAUSE = 0.0  # seconds between cycles while there is a backlog
 IDLE_PAUSE = 0.05  # seconds between cycles when nothing was pending
 SMALL_BATCH = 1000  # records: a batch this small means the writers are trickling ...
 LINGER = 0.2  # seconds: ... so let more gather before the next request
-DISCOVER_EVERY = 0.5  # seconds between listings of writers/
-LIVENESS_EVERY = 0.5  # seconds between liveness checks (heartbeats change once a second)
 HEALTH_EVERY = 1.0  # seconds between writes of sender.json
 MAX_IDLE_BACKOFF = 1.0  # seconds: an idle writer is checked at most this rarely
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0  # seconds, retries of an unavailable sink
 PAUSED_RETRY = 30.0  # seconds before retrying a sink that refused our credentials
-
-
-class LostLeadership(Exception):
-    """Raised inside the loop when this process must stop sending at once."""
 
 
 @dataclass
@@ -64,23 +56,12 @@ class _Span:
     end: int
 
 
-@dataclass
-class Health:
-    state: str = "starting"
-    errors: int = 0
-    retries: int = 0
-    last_error: str | None = None
-    last_success: float | None = None
-    acked_records: int = 0
-    acked_batches: int = 0
-    dead_letters: int = 0
-    adopted: int = 0
-    retired: int = 0
-    started: float = field(default_factory=time.time)
-
-
 class Sender:
-    """Ships every writer of a directory to one sink while its lease holds."""
+    """Ships every writer of a directory to one sink while its lease holds.
+
+    The roster says which writers there are and how far each is acknowledged; the sender
+    reads them in turn, sends batches, and moves their cursors once the sink acknowledges.
+    """
 
     def __init__(
         self,
@@ -106,28 +87,28 @@ class Sender:
         self.batch_bytes = batch_bytes
         self.clock = clock
         self.health = Health()
-        self.writers: dict[str, Tracked] = {}
-        self.book: dict[str, Position] = read_cursors(root)
-        self._book_dirty = False
-        self._order: deque[str] = deque()  # writer ids, in the round-robin order of reading
-        self._ending: set[str] = set()  # finished or adopted: the only writers retire() looks at
-        self._next_discover = 0.0
-        self._next_liveness = 0.0
+        self.lost: str | None = None  # why leadership ended, once it has
+        self.roster = Roster(root, lease, judge, modes, self.health, clock)
         self._next_health = 0.0
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
-        # Descriptors, not paths, from here on: a symlink planted for one of these names is
-        # refused once, here, and never followed later.
-        self._fds = {sub: _files.ensure_subdir(root, sub, modes)
-                     for sub in (_layout.WRITERS, ADOPTED, HISTORY, DEADLETTERS, QUARANTINE)}
+        self._fds = {sub: _files.ensure_subdir(root, sub, modes) for sub in (DEADLETTERS, QUARANTINE)}
         self.reader = FolderReader(self._fds[QUARANTINE], modes, judge.lease_s, clock)
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, stop: Callable[[], bool], drain_deadline: Callable[[], float | None] = lambda: None) -> str:
+    def run(
+        self,
+        stop: Callable[[], bool],
+        drain_deadline: Callable[[], float | None] = lambda: None,
+        marks: Mapping[str, int] | None = None,
+    ) -> str:
         """Cycle until stop() or leadership is lost; with a drain deadline, until drained.
 
-        Returns why it ended: "stopped", "drained", "deadline" or the lost-lease reason.
+        A drain ends on the roster's one rule (Roster.drained): everything up to `marks`
+        (noted when the drain began; none: finished and dead writers only) is acknowledged
+        and nothing is left to settle. Returns why it ended: "stopped", "drained",
+        "deadline" or the reason leadership was lost (also kept in .lost).
         """
         draining = False
         try:
@@ -135,13 +116,11 @@ class Sender:
                 deadline = drain_deadline()
                 if deadline is not None and not draining:
                     draining = True  # look again now: finish marks written a moment ago count
-                    self._next_discover = self._next_liveness = 0.0
-                    for t in self.writers.values():
-                        t.next_check = 0.0
+                    self.roster.look_again()
                     continue
                 sent = self.cycle()
                 if deadline is not None:
-                    if self.drained():
+                    if self.roster.drained(marks or {}):
                         return "drained"
                     if self.clock() >= deadline:
                         return "deadline"
@@ -151,79 +130,30 @@ class Sender:
                     self._pause(LINGER, stop)  # a trickle: fewer, larger batches cost the sink less
             return "stopped"
         except LostLeadership as exc:
-            return str(exc) or "lost leadership"
+            self.lost = str(exc) or "lost leadership"
+            return self.lost
         finally:
             self._write_health(force=True)
 
     def cycle(self) -> int:
         """One pass: lease, discovery, liveness, one batch. Returns records acknowledged."""
-        if not self.lease.renew_if_due():
-            raise LostLeadership(self.lease.lost or "lease lost")
+        self.lease.hold()
         self.judge.tick()
         now = self.clock()
-        if now >= self._next_discover:
-            self._discover()
-            self._next_discover = now + DISCOVER_EVERY
-        if now >= self._next_liveness:
-            self._check_liveness()
-            self._next_liveness = now + LIVENESS_EVERY
+        self.roster.refresh(now)
         acked = 0
         if now >= self._retry_at:
             collected = self._collect()
             if collected is not None:
                 acked = self._deliver(*collected)
-        self.retire()
+        self.roster.retire(self.sink)
         self._write_health()
         return acked
 
-    def drained(self) -> bool:
-        """Nothing readable is left from finished, dead or adopted writers."""
-        for t in self.writers.values():
-            if t.finished is not None or t.adopted_at is not None:
-                if not t.exhausted:
-                    return False
-                if t.finished is not None and t.pos.seq < t.finished.durable_seq:
-                    return False
-        return True
-
     def progress(self) -> dict[str, int]:
         """Acknowledged so far, and what finished writers still have to deliver."""
-        pending = sum(
-            max(0, t.finished.durable_seq - t.pos.seq) for t in self.writers.values() if t.finished is not None
-        )
-        return {"acked_records": self.health.acked_records, "pending_records": pending, "writers": len(self.writers)}
-
-    def delivered_through(self, marks: dict[str, int]) -> bool:
-        """Every writer is acknowledged up to its mark, retired, or (if dead) read to its end."""
-        for writer_id, mark in marks.items():
-            t = self.writers.get(writer_id)
-            if t is None or t.pos.seq >= mark or (t.adopted_at is not None and t.exhausted):
-                continue
-            return False
-        return True
-
-    def pending_marks(self) -> dict[str, int]:
-        """Each known writer's last durable seq now: its finish mark, heartbeat, or what is on disk."""
-        marks = {}
-        for t in self.writers.values():
-            mark = t.finished or t.heartbeat()
-            noted = 0 if mark is None else mark.durable_seq
-            marks[t.id] = max(noted, last_seq_on_disk(t.dir_fd, t.pos.segment, t.pos.offset, writer=t.files.tag))
-        return marks
-
-    def settling(self) -> list[str]:
-        """Writers a drain still has to make up its mind about: adopted and not yet removed,
-        or on another host and neither seen beating nor silent for a lease yet. Finished
-        writers are delivered through their marks; live ones are never waited for."""
-        waiting = []
-        for t in self.writers.values():
-            if t.finished is not None:
-                continue
-            if t.adopted_at is not None:
-                waiting.append(t.id)
-            elif not self.judge.same_kernel(t.meta) and not self.judge.seen_beating(t.id):
-                waiting.append(t.id)
-        return waiting
+        return {"acked_records": self.health.acked_records, "pending_records": self.roster.finished_pending(),
+                "writers": len(self.roster.writers)}
 
     def _pause(self, seconds: float, stop: Callable[[], bool]) -> None:
         deadline = self.clock() + seconds
@@ -232,82 +162,6 @@ class Sender:
             if left <= 0:
                 return
             time.sleep(min(left, 0.05))
-
-    # -- discovery and liveness ------------------------------------------------------------
-
-    def _discover(self) -> None:
-        if os.fstat(self._fds[_layout.WRITERS]).st_nlink == 0:
-            raise LostLeadership(f"{self.root}/{_layout.WRITERS} was removed: starting over")
-        for sub in (_layout.WRITERS, ADOPTED):
-            for name in os.listdir(self._fds[sub]):
-                if name not in self.writers and _layout.is_writer_id(name):
-                    self._track(sub, name)
-                    # A first look at 1024 writers took 9 s on a loaded machine, past a 5 s
-                    # lease: renew while discovering (a clock read when not due).
-                    if not self.lease.renew_if_due():
-                        raise LostLeadership(self.lease.lost or "lease lost")
-
-    def _track(self, sub: str, name: str) -> None:
-        parent_fd = self._fds[sub]
-        files = load_writer(parent_fd, name, os.path.join(self.root, sub, name))
-        if files is None or files.meta is None:
-            return  # no metadata yet: a writer being born, or debris we do not touch
-        try:
-            dir_fd = _files.open_dir(name, dir_fd=parent_fd)
-        except OSError:
-            return
-        adopted = sub == ADOPTED
-        tracked = Tracked(files, dir_fd, self.book.get(name, Position()), parent=sub,
-                          adopted_at=self.clock() if adopted else None)
-        if adopted:
-            tracked.same_kernel_dead = self.judge.same_kernel(files.meta)
-        self.writers[name] = tracked
-        self._order.append(name)
-        if adopted or files.finish is not None:
-            self._ending.add(name)
-
-    def _check_liveness(self) -> None:
-        for t in list(self.writers.values()):
-            if t.adopted_at is not None or t.finished is not None:
-                continue
-            try:
-                st = os.stat(_layout.HEARTBEAT, dir_fd=t.dir_fd, follow_symlinks=False)
-                token: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except OSError:
-                token = None  # unreadable is not evidence of death
-            # finish() writes its mark, then a last heartbeat: look for the mark only when the
-            # heartbeat changed (or on first sight), not at every check of every writer.
-            if token != t.heartbeat_token or not self.judge.seen(t.id):
-                t.heartbeat_token = token
-                if _files.exists(t.dir_fd, _layout.FINISH):
-                    t.files.finish = Finish.parse(_files.read_json_quietly(t.dir_fd, _layout.FINISH))
-                    t.exhausted = False
-                    if t.files.finish is not None:
-                        self._ending.add(t.id)
-                        continue
-            self.judge.observe(t.id, token)
-            if self.judge.is_dead(t.id, t.files.meta):
-                self._adopt(t)
-
-    def _adopt(self, t: Tracked) -> None:
-        """Move a dead writer's folder aside; it is shipped from there, then removed."""
-        try:
-            os.rename(t.id, t.id, src_dir_fd=self._fds[_layout.WRITERS], dst_dir_fd=self._fds[ADOPTED])
-            os.fsync(self._fds[ADOPTED])
-            os.fsync(self._fds[_layout.WRITERS])
-        except OSError as exc:
-            logger.warning("distwal: cannot adopt writer %s: %s", t.id, exc)
-            return
-        t.parent = ADOPTED
-        t.files.path = os.path.join(self.root, ADOPTED, t.id)
-        t.adopted_at = self.clock()
-        self._ending.add(t.id)
-        t.same_kernel_dead = self.judge.same_kernel(t.meta)
-        t.exhausted = False
-        t.next_check = 0.0
-        self.judge.forget(t.id)
-        self.health.adopted += 1
-        logger.info("distwal: adopted dead writer %s (rank %s)", t.id, t.meta.rank)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -318,13 +172,13 @@ class Sender:
         now = self.clock()
         # One comprehension picks the writers due: with 1024 idle ones this runs about 20
         # times a second (with retire() looking only at ending writers: 4.6 to 3.8 % of a core).
-        order = self._order
-        due = [(i, t) for i, t in enumerate(map(self.writers.get, order)) if t is not None and t.next_check <= now]
+        order = self.roster.order
+        due = [(i, t) for i, t in enumerate(map(self.roster.writers.get, order)) if t is not None and t.next_check <= now]
         for i, t in due:
             got = 0
             for item in self.reader.items(t):
                 if isinstance(item, Position):  # past a damaged span, or onto the next segment
-                    self._move(t, item)
+                    self.roster.move(t, item)
                     continue
                 start = max(0, t.pos.seq + 1 - item.first_seq)
                 if start >= len(item.lines):
@@ -362,11 +216,6 @@ class Sender:
         t.next_check = now + min(MAX_IDLE_BACKOFF, (now - t.idle_since) / 4)
         if t.finished is not None or t.adopted_at is not None:
             t.next_check = now
-
-    def _move(self, t: Tracked, pos: Position) -> None:
-        t.pos = pos
-        self.book[t.id] = pos
-        self._book_dirty = True
 
     # -- sending ------------------------------------------------------------------------
 
@@ -446,8 +295,9 @@ class Sender:
 
     def _advance(self, acked: dict[str, int], dead: dict[str, list[int]], spans: dict[str, list[_Span]]) -> None:
         """Cursor book first (durable), then unlink the segments it no longer needs."""
+        writers = self.roster.writers
         for writer_id, seq in acked.items():
-            t = self.writers.get(writer_id)
+            t = writers.get(writer_id)
             if t is None:
                 continue
             segment, offset = t.pos.segment, t.pos.offset
@@ -456,27 +306,14 @@ class Sender:
                     segment, offset = span.segment, span.end if seq == span.last else span.offset
             refused = dead.get(writer_id, [])
             lowest = min([t.pos.dead_min, *refused]) if t.pos.dead_min else min(refused, default=0)
-            self._move(t, Position(seq, segment, offset, t.pos.dead + len(refused), max([t.pos.dead_max, *refused]),
-                                   lowest))
-        if not self._save_book():
+            self.roster.move(t, Position(seq, segment, offset, t.pos.dead + len(refused),
+                                         max([t.pos.dead_max, *refused]), lowest))
+        if not self.roster.save_book():
             return  # the acknowledged segments stay until the cursor that covers them is durable
         for writer_id in acked:
-            t = self.writers.get(writer_id)
+            t = writers.get(writer_id)
             if t is not None:
                 self._unlink_acknowledged_segments(t)
-
-    def _save_book(self) -> bool:
-        """Make the cursor book durable; False (logged, retried next time) if it cannot be."""
-        if not self._book_dirty:
-            return True
-        try:
-            write_cursors(self.root, self.book, self.lease.epoch, self.modes)
-        except OSError as exc:
-            self.health.last_error = f"cannot save the cursor book: {exc.strerror or exc}"
-            logger.error("distwal: %s; nothing is removed until it can be", self.health.last_error)
-            return False
-        self._book_dirty = False
-        return True
 
     def _unlink_acknowledged_segments(self, t: Tracked) -> None:
         for name in os.listdir(t.dir_fd):
@@ -487,54 +324,6 @@ class Sender:
                 except OSError:
                     pass  # gone already, or a directory planted under a segment's name
 
-    # -- retiring ------------------------------------------------------------------------
-
-    def retire(self) -> None:
-        """Remove finished or adopted writers whose records are all delivered."""
-        for writer_id in list(self._ending):
-            t = self.writers[writer_id]
-            if not t.exhausted:
-                continue
-            if t.finished is not None:
-                if t.pos.seq < t.finished.durable_seq:
-                    continue
-            elif t.adopted_at is None:
-                continue
-            elif not t.same_kernel_dead and self.clock() - t.adopted_at < 2 * self.judge.lease_s:
-                continue  # another host's writer may be slow, not dead: keep reading its folder
-            self._remove(t)
-
-    def _remove(self, t: Tracked) -> None:
-        end = _end_of(t)
-        try:
-            self.sink.writer_done(t.id, t.meta.who, end)
-        except SinkError as exc:
-            logger.warning("distwal: sink could not close writer %s, retrying later: %s", t.id, exc)
-            return
-        self._save_book()  # the cursor is durable before the files it covers go
-        tombstone = Tombstone(
-            writer=t.id,
-            meta=t.meta,
-            finish=t.finished,
-            state="finished" if t.finished is not None else "adopted",
-            end=end,
-            acked_seq=t.pos.seq,
-            dead_letters=t.pos.dead,
-            quarantined_bytes=t.quarantined,
-            removed=time.time(),
-        )
-        _files.write_atomic(self._fds[HISTORY], _layout.format_tombstone_name(t.id), tombstone.to_bytes(), self.modes)
-        _files.remove_folder(self._fds[t.parent], t.id, t.dir_fd)
-        t.close()
-        del self.writers[t.id]
-        self._ending.discard(t.id)
-        self._order.remove(t.id)
-        self.judge.forget(t.id)
-        if t.id in self.book:
-            del self.book[t.id]
-            self._book_dirty = True
-        self.health.retired += 1
-
     # -- status ------------------------------------------------------------------------
 
     def _write_health(self, force: bool = False) -> None:
@@ -542,27 +331,16 @@ class Sender:
         if not force and now < self._next_health:
             return
         self._next_health = now + HEALTH_EVERY
-        h = self.health
         body = {
             "epoch": self.lease.epoch,
             "owner": self.lease.owner,
             "sink": _redact(self.sink_url),
-            "state": h.state,
-            "errors": h.errors,
-            "retries": h.retries,
-            "last_error": h.last_error,
-            "last_success": h.last_success,
-            "acked_records": h.acked_records,
-            "acked_batches": h.acked_batches,
-            "dead_letters": h.dead_letters,
+            **asdict(self.health),
             # accepted, then reported dropped by the sink (OTLP partial_success): never silent
             "sink_rejected": self.sink.rejected_records,
             "quarantined_bytes": self.reader.quarantined_bytes,
             "torn_bytes": self.reader.torn_bytes,
-            "adopted": h.adopted,
-            "retired": h.retired,
-            "writers": len(self.writers),
-            "started": h.started,
+            "writers": len(self.roster.writers),
             "ts": time.time(),
         }
         try:
@@ -572,19 +350,11 @@ class Sender:
 
     def close(self) -> None:
         try:
-            self._save_book()
+            self.roster.close()
         finally:
-            for t in self.writers.values():
-                t.close()
             for fd in self._fds.values():
                 os.close(fd)
             self.sink.close()
-
-
-def _end_of(t: Tracked) -> dict[str, Any] | None:
-    """How a retired writer ended, as status shows it: its finish mark's end, else lost."""
-    return writer_end(t.finished, t.adopted_at is not None,
-                      lambda: last_sign_of_life(t.dir_fd, t.files.tag, t.heartbeat()))
 
 
 def _redact(url: str) -> str:

@@ -54,7 +54,7 @@ from helpers.procs import Child
 from helpers.timings import first_stored
 
 from distwal._config import DEFAULT_HEARTBEAT_INTERVAL
-from distwal.leader.sender import LIVENESS_EVERY
+from distwal.leader.roster import LIVENESS_EVERY
 
 
 def _start_clock() -> float:
