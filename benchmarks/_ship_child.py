@@ -162,37 +162,14 @@ def role_discard() -> None:
 
 @contextmanager
 def leading(root: str, url: str, compress: bool = True, sink: Any = None) -> Iterator[Any]:
-    """Lead `root` as `distwal drain` does, for the length of a with block: its Sender, with
-    HTTPSink(url, compress) or `sink` (for benchmarks of other sinks)."""
-    from distwal._config import Config
-    from distwal._files import ensure_domain
-    from distwal._layout import Identity, Modes
-    from distwal.leader.election import LeaseKeeper
-    from distwal.leader.elector import Elector
-    from distwal.leader.liveness import LivenessJudge
-    from distwal.leader.sender import Sender
+    """Lead `root` through the library's lead(), as `distwal drain` does, for the length of a with
+    block: its Sender, with HTTPSink(url, compress) or `sink` (for benchmarks of other sinks)."""
+    from distwal.leader.lead import lead
     from distwal.sinks.http import HTTPSink
 
-    config = Config.load(dir=root, sink=url)
-    modes = Modes.for_config(config.shared_group)
-    domain = ensure_domain(root, modes)
-    identity = Identity.of_this_process()
-    owner = {"owner": f"bench-{identity.pid}", "kind": "bench", "host": identity.host, "pid": identity.pid}
-    elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
-    deadline = time.monotonic() + 30
-    while not elector.acquire():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"could not lead {root}")
-        time.sleep(0.1)
-    lease = LeaseKeeper(root, elector.epoch, owner, config.lease_s, modes)
-    judge = LivenessJudge(identity, config.lease_s)
-    sink = sink if sink is not None else HTTPSink(url, compress=compress)
-    sender = Sender(root, sink, url, lease, judge, domain, modes)
-    try:
+    using = sink if sink is not None else HTTPSink(url, compress=compress)
+    with lead(root, url, using=using, kind="bench", timeout=30) as sender:
         yield sender
-    finally:
-        sender.close()
-        elector.lock.release()
 
 
 def drain(sender: Any, expected: int, timeout: float = 900.0, max_errors: int = 50) -> dict[str, Any]:

@@ -4,7 +4,7 @@ One run starts its own server (Debian's postgresql, tests/helpers/postgres.py, f
 measures, interleaved over repetitions, each from the same backlog (writers x N records of
 append.py's 109-byte record, written with DISTWAL_DISABLE_SENDER=1 by ship.py's backlog role):
 
-  sink    the library's Sender, led as `distwal drain` leads (_ship_child.leading), draining the
+  sink    the library's Sender, led as `distwal drain` leads (lead(), through _ship_child.leading), draining the
           backlog through the PostgreSQL sink (one transaction per 20,000-record batch:
           fence, COPY, commit) into a fresh table
   raw     the raw limit: the very rows the sink stored, read back with COPY ... TO STDOUT
