@@ -200,7 +200,7 @@ def job_sender(job: dict[str, Any]) -> dict[str, Any]:
     """Drain a backlog of finished writers with the library's Sender; time until every record is acked."""
     with leading(job["dir"], job["url"], job["compress"]) as sender:
         result = drain(sender, job["records"], job.get("timeout", 600))
-        sender.retire()
+        sender.roster.retire(sender.sink)
     return result
 
 
@@ -413,7 +413,7 @@ def _scan(sender: Any) -> None:
 
     t0 = pc()
     first_acked = sender.cycle()
-    emit({"first_cycle_ms": (pc() - t0) * 1e3, "writers": len(sender.writers), "acked": first_acked})
+    emit({"first_cycle_ms": (pc() - t0) * 1e3, "writers": len(sender.roster.writers), "acked": first_acked})
 
     real_cycle = sender.cycle
 
@@ -458,30 +458,28 @@ def _scan(sender: Any) -> None:
                     quiet_since = time.monotonic()
                 else:
                     time.sleep(_sender.IDLE_PAUSE)
-            emit({"cmd": cmd, "acked": acked, "writers": len(sender.writers)})
+            emit({"cmd": cmd, "acked": acked, "writers": len(sender.roster.writers)})
         elif cmd == "cycles":
             idle: list[float] = []
             busy: list[float] = []
             acked = loop(arg, idle, busy)
             emit({"cmd": cmd, "idle": _stats_ms(idle), "sent": _stats_ms(busy), "acked": acked,
-                  "writers": len(sender.writers), "batches": sender.health.acked_batches})
+                  "writers": len(sender.roster.writers), "batches": sender.health.acked_batches})
         elif cmd == "full":
             times = []
             for _ in range(int(arg)):
-                sender._next_discover = sender._next_liveness = 0.0
-                for t in sender.writers.values():
-                    t.next_check = 0.0
+                sender.roster.look_again()
                 s0 = pc()
                 sender.cycle()
                 times.append(pc() - s0)
                 time.sleep(_sender.IDLE_PAUSE)
-            emit({"cmd": cmd, "full": _stats_ms(times), "writers": len(sender.writers)})
+            emit({"cmd": cmd, "full": _stats_ms(times), "writers": len(sender.roster.writers)})
         elif cmd == "cpu":
             gc.collect()
             c0, w0 = time.process_time(), pc()
             acked = loop(arg, None, None)
             c1, w1 = time.process_time(), pc()
-            emit({"cmd": cmd, "cpu_s": c1 - c0, "wall_s": w1 - w0, "acked": acked, "writers": len(sender.writers),
+            emit({"cmd": cmd, "cpu_s": c1 - c0, "wall_s": w1 - w0, "acked": acked, "writers": len(sender.roster.writers),
                   "adopted": sender.health.adopted})
 
 
