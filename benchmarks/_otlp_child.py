@@ -24,11 +24,7 @@ import sys
 import time
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-
-from _ship_child import _cpu, emit, lead  # noqa: E402
+from _ship_child import _cpu, drain, emit, leading
 
 pc = time.perf_counter
 _BUILT: dict[str, Any] = {"batches": [], "bodies": []}
@@ -50,13 +46,9 @@ def job_build(job: dict[str, Any]) -> dict[str, Any]:
     from distwal.sinks.otlp import DEFAULT_REQUEST_RECORDS, DEFAULT_SERVICE_NAME, _split, encode_request
 
     batches: list[Any] = []
-    sender, elector = lead(job["dir"], job["url"], sink=MockSink(batches.append))
-    try:
+    with leading(job["dir"], job["url"], sink=MockSink(batches.append)) as sender:
         while sender.cycle():
             pass
-    finally:
-        sender.close()
-        elector.lock.release()
     # The requests OTLPSink sends: each batch in parts of at most DEFAULT_REQUEST_RECORDS.
     parts = [part for b in batches for part in _split(b, DEFAULT_REQUEST_RECORDS)]
     bodies = [encode_request(part, DEFAULT_SERVICE_NAME) for part in parts]
@@ -70,20 +62,8 @@ def job_sender(job: dict[str, Any]) -> dict[str, Any]:
     from distwal.sinks.otlp import OTLPSink
 
     sink = OTLPSink(job["url"], **({"request_records": job["request_records"]} if job.get("request_records") else {}))
-    sender, elector = lead(job["dir"], job["url"], sink=sink)
-    expected = job["records"]
-    gc.collect()
-    try:
-        c0, t0 = _cpu(), pc()
-        while sender.health.acked_records < expected:
-            if not sender.cycle() and sender.health.errors > 20:
-                break
-        t1, c1 = pc(), _cpu()
-        acked, batches, errors = sender.health.acked_records, sender.health.acked_batches, sender.health.errors
-    finally:
-        sender.close()
-        elector.lock.release()
-    return {"n": acked, "s": t1 - t0, "cpu_s": c1 - c0, "batches": batches, "errors": errors}
+    with leading(job["dir"], job["url"], sink=sink) as sender:
+        return drain(sender, job["records"], max_errors=20)
 
 
 def job_raw(job: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,6 @@ Roles (each prints JSON lines on stdout; commands, where any, come as lines on s
 
   backlog DIR N RANK    a writer (DISTWAL_DISABLE_SENDER=1 from the parent) logs N records of the
                         109-byte record of append.py as fast as it can, then finish(): a backlog
-  live DIR RATE RANK    a rank logging RATE records/s until killed (sender enabled: it takes part
-                        in the election, and a leading rank starts the real sender subprocess)
   discard               an HTTP/1.1 server that reads every body and answers 200 (GET /stats: counts)
   worker                runs throughput jobs sent as JSON lines: the library's Sender draining a
                         directory, or the raw limit (read the segment files and POST the bytes)
@@ -15,6 +13,8 @@ Roles (each prints JSON lines on stdout; commands, where any, come as lines on s
   memory DIR URL N      a leader draining a large backlog, sampling its own RSS
 
 Nothing here is imported by distwal; everything it uses from distwal is what a leader uses.
+`leading()` is the one place that takes leadership and builds the Sender (for ship, hosts,
+otlp and postgres alike).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import contextmanager
 from itertools import cycle, islice
-from typing import Any
+from typing import Any, Iterator
 
 pc = time.perf_counter
 
@@ -57,47 +58,6 @@ def role_backlog(root: str, n: int, rank: int) -> None:
              "data": {"loss": 0.4321, "lr": 0.0003, "grad_norm": 1.234}})  # fmt: skip
     ok = w.finish(timeout=600)
     emit({"n": n, "seq": w.durable_seq, "ok": ok, "s": pc() - t0, "writer": w.id})
-
-
-def role_live(root: str, rate: float, rank: int) -> None:
-    """Log `rate` records/s in small bursts until killed (or stdin closes).
-
-    BENCH_HOSTNAME (in its own UTS namespace, under unshare): take that host name first, so
-    the writer looks like one on another host (with another pid namespace, its liveness
-    can only be judged by its heartbeat).
-    """
-    host = os.environ.pop("BENCH_HOSTNAME", "")
-    if host:
-        import socket
-
-        socket.sethostname(host)
-    import distwal
-
-    w = distwal.init(dir=root, durability="interval")
-    emit({"ready": True, "writer": w.id, "pid": os.getpid()})
-    stop = threading.Event()
-
-    def watch_stdin() -> None:
-        sys.stdin.read()
-        stop.set()
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
-    burst = max(1, int(rate / 50))  # 50 bursts a second
-    period = burst / rate
-    step = 10
-    next_t = time.monotonic()
-    while not stop.is_set():
-        for _ in range(burst):
-            w.log({"type": "metric", "rank": rank, "step": step, "ts": 1732200000.123,
-                   "data": {"loss": 0.4321, "lr": 0.0003, "grad_norm": 1.234}})  # fmt: skip
-            step = step + 1 if step < 99 else 10
-        next_t += period
-        delay = next_t - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        else:
-            next_t = time.monotonic()
-    w.finish(timeout=5)
 
 
 def role_many(root: str, k: int, interval: float) -> None:
@@ -200,34 +160,35 @@ def role_discard() -> None:
 # -- leading ------------------------------------------------------------------------------------------
 
 
-def lead(root: str, url: str, compress: bool = True, sink: Any = None) -> tuple[Any, Any]:
-    """Take leadership of `root` as `distwal drain` does; a Sender with HTTPSink(url, compress)
-    (or with `sink`, for benchmarks of other sinks)."""
-    from distwal._config import Config
-    from distwal._files import ensure_domain
-    from distwal._layout import Identity, Modes
-    from distwal.leader.election import LeaseKeeper
-    from distwal.leader.elector import Elector
-    from distwal.leader.liveness import LivenessJudge
-    from distwal.leader.sender import Sender
+@contextmanager
+def leading(root: str, url: str, compress: bool = True, sink: Any = None) -> Iterator[Any]:
+    """Lead `root` through the library's lead(), as `distwal drain` does, for the length of a with
+    block: its Sender, with HTTPSink(url, compress) or `sink` (for benchmarks of other sinks)."""
+    from distwal.leader.lead import lead
     from distwal.sinks.http import HTTPSink
 
-    config = Config.load(dir=root, sink=url)
-    modes = Modes.for_config(config.shared_group)
-    domain = ensure_domain(root, modes)
-    identity = Identity.of_this_process()
-    owner = {"owner": f"bench-{identity.pid}", "kind": "bench", "host": identity.host, "pid": identity.pid}
-    elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
-    deadline = time.monotonic() + 30
-    while not elector.acquire():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"could not lead {root}")
-        time.sleep(0.1)
-    lease = LeaseKeeper(root, elector.epoch, owner, config.lease_s, modes)
-    judge = LivenessJudge(identity, config.lease_s)
-    sink = sink if sink is not None else HTTPSink(url, compress=compress)
-    sender = Sender(root, sink, url, lease, judge, domain, modes)
-    return sender, elector
+    using = sink if sink is not None else HTTPSink(url, compress=compress)
+    with lead(root, url, using=using, kind="bench", timeout=30) as sender:
+        yield sender
+
+
+def drain(sender: Any, expected: int, timeout: float = 900.0, max_errors: int = 50) -> dict[str, Any]:
+    """Run the sender's cycles until `expected` records are acknowledged; time and CPU from the first cycle."""
+    gc.collect()
+    c0, t0 = _cpu(), pc()
+    cycles = 0
+    deadline = time.monotonic() + timeout
+    while sender.health.acked_records < expected:
+        cycles += 1
+        if not sender.cycle():
+            if time.monotonic() > deadline or sender.health.errors > max_errors:
+                break
+            time.sleep(0.005)
+    t1, c1 = pc(), _cpu()
+    health = sender.health
+    return {"n": health.acked_records, "expected": expected, "s": t1 - t0, "cpu_s": c1 - c0,
+            "batches": health.acked_batches, "cycles": cycles, "errors": health.errors,
+            "last_error": health.last_error}
 
 
 def _cpu() -> float:
@@ -237,30 +198,10 @@ def _cpu() -> float:
 
 def job_sender(job: dict[str, Any]) -> dict[str, Any]:
     """Drain a backlog of finished writers with the library's Sender; time until every record is acked."""
-    sender, elector = lead(job["dir"], job["url"], job["compress"])
-    expected = job["records"]
-    gc.collect()
-    try:
-        c0, t0 = _cpu(), pc()
-        cycles = 0
-        deadline = time.monotonic() + job.get("timeout", 600)
-        while sender.health.acked_records < expected:
-            sent = sender.cycle()
-            cycles += 1
-            if not sent:
-                if time.monotonic() > deadline or sender.health.errors > 50:
-                    break
-                time.sleep(0.01)
-        t1, c1 = pc(), _cpu()
-        acked = sender.health.acked_records
-        batches = sender.health.acked_batches
-        errors = sender.health.errors
-        sender.retire()
-    finally:
-        sender.close()
-        elector.lock.release()
-    return {"n": acked, "expected": expected, "s": t1 - t0, "cpu_s": c1 - c0, "batches": batches,
-            "cycles": cycles, "errors": errors}
+    with leading(job["dir"], job["url"], job["compress"]) as sender:
+        result = drain(sender, job["records"], job.get("timeout", 600))
+        sender.roster.retire(sender.sink)
+    return result
 
 
 def _segments(root: str) -> list[str]:
@@ -463,12 +404,16 @@ def role_scan(root: str, url: str) -> None:
                        read attempt of every writer in the same cycle (the worst case of one cycle)
     cpu SECONDS        Sender.run for SECONDS: process CPU time / wall time
     """
+    with leading(root, url) as sender:
+        _scan(sender)
+
+
+def _scan(sender: Any) -> None:
     from distwal.leader import sender as _sender
 
-    sender, elector = lead(root, url, compress=True)
     t0 = pc()
     first_acked = sender.cycle()
-    emit({"first_cycle_ms": (pc() - t0) * 1e3, "writers": len(sender.writers), "acked": first_acked})
+    emit({"first_cycle_ms": (pc() - t0) * 1e3, "writers": len(sender.roster.writers), "acked": first_acked})
 
     real_cycle = sender.cycle
 
@@ -513,33 +458,29 @@ def role_scan(root: str, url: str) -> None:
                     quiet_since = time.monotonic()
                 else:
                     time.sleep(_sender.IDLE_PAUSE)
-            emit({"cmd": cmd, "acked": acked, "writers": len(sender.writers)})
+            emit({"cmd": cmd, "acked": acked, "writers": len(sender.roster.writers)})
         elif cmd == "cycles":
             idle: list[float] = []
             busy: list[float] = []
             acked = loop(arg, idle, busy)
             emit({"cmd": cmd, "idle": _stats_ms(idle), "sent": _stats_ms(busy), "acked": acked,
-                  "writers": len(sender.writers), "batches": sender.health.acked_batches})
+                  "writers": len(sender.roster.writers), "batches": sender.health.acked_batches})
         elif cmd == "full":
             times = []
             for _ in range(int(arg)):
-                sender._next_discover = sender._next_liveness = 0.0
-                for t in sender.writers.values():
-                    t.next_check = 0.0
+                sender.roster.look_again()
                 s0 = pc()
                 sender.cycle()
                 times.append(pc() - s0)
                 time.sleep(_sender.IDLE_PAUSE)
-            emit({"cmd": cmd, "full": _stats_ms(times), "writers": len(sender.writers)})
+            emit({"cmd": cmd, "full": _stats_ms(times), "writers": len(sender.roster.writers)})
         elif cmd == "cpu":
             gc.collect()
             c0, w0 = time.process_time(), pc()
             acked = loop(arg, None, None)
             c1, w1 = time.process_time(), pc()
-            emit({"cmd": cmd, "cpu_s": c1 - c0, "wall_s": w1 - w0, "acked": acked, "writers": len(sender.writers),
+            emit({"cmd": cmd, "cpu_s": c1 - c0, "wall_s": w1 - w0, "acked": acked, "writers": len(sender.roster.writers),
                   "adopted": sender.health.adopted})
-    sender.close()
-    elector.lock.release()
 
 
 # -- memory -------------------------------------------------------------------------------------------
@@ -555,39 +496,37 @@ def _status_kib(key: str) -> int:
 
 def role_memory(root: str, url: str, expected: int) -> None:
     """Drain a large backlog as the leader does (HTTPSink, gzip on); sample our RSS as we go."""
-    sender, elector = lead(root, url, compress=True)
+    with leading(root, url) as sender:
+        _sample_memory(sender, expected)
+
+
+def _sample_memory(sender: Any, expected: int) -> None:
     samples: list[tuple[float, int, int]] = []  # (seconds, acked, rss KiB)
     gc.collect()
     t0 = pc()
     c0 = _cpu()
     next_sample = 0.0
     samples.append((0.0, 0, _status_kib("VmRSS")))
-    try:
-        while sender.health.acked_records < expected:
-            sent = sender.cycle()
-            now = pc() - t0
-            if now >= next_sample:
-                samples.append((now, sender.health.acked_records, _status_kib("VmRSS")))
-                next_sample = now + 0.25
-            if not sent:
-                if sender.health.errors > 50 or now > 1800:
-                    break
-                time.sleep(0.01)
-        t1, c1 = pc(), _cpu()
-        samples.append((t1 - t0, sender.health.acked_records, _status_kib("VmRSS")))
-        emit({"n": sender.health.acked_records, "expected": expected, "s": t1 - t0, "cpu_s": c1 - c0,
-              "hwm_kib": _status_kib("VmHWM"), "samples": samples, "errors": sender.health.errors})
-    finally:
-        sender.close()
-        elector.lock.release()
+    while sender.health.acked_records < expected:
+        sent = sender.cycle()
+        now = pc() - t0
+        if now >= next_sample:
+            samples.append((now, sender.health.acked_records, _status_kib("VmRSS")))
+            next_sample = now + 0.25
+        if not sent:
+            if sender.health.errors > 50 or now > 1800:
+                break
+            time.sleep(0.01)
+    t1, c1 = pc(), _cpu()
+    samples.append((t1 - t0, sender.health.acked_records, _status_kib("VmRSS")))
+    emit({"n": sender.health.acked_records, "expected": expected, "s": t1 - t0, "cpu_s": c1 - c0,
+          "hwm_kib": _status_kib("VmHWM"), "samples": samples, "errors": sender.health.errors})
 
 
 def main(argv: list[str]) -> None:
     role, args = argv[0], argv[1:]
     if role == "backlog":
         role_backlog(args[0], int(args[1]), int(args[2]))
-    elif role == "live":
-        role_live(args[0], float(args[1]), int(args[2]))
     elif role == "many":
         role_many(args[0], int(args[1]), float(args[2]))
     elif role == "discard":

@@ -1,23 +1,9 @@
 """The append benchmark: what it costs a caller to log one record, and how fast records become durable.
 
-Every case appends the same 109-byte record (orjson form; `step` cycles through 10..99 so the
-size never changes), built afresh in the loop body as a training loop would:
-
-    {"type":"metric","rank":3,"step":42,"ts":1732200000.123,"data":{"loss":0.4321,"lr":0.0003,"grad_norm":1.234}}
-
-and reports, as the median of several interleaved runs each in a fresh temporary directory:
-
-  caller us/record  wall time of the logging loop / records. With 8 threads: the wall time from
-                    releasing all threads to the last one finishing / all records (the amortized
-                    cost; with the GIL, threads share one core's worth of Python).
-  throughput        records / time until they are where the case promises: durable (fdatasync'd)
-                    for distwal interval and sync and for Weave, written to the OS for the others.
-  records/fdatasync os.fdatasync (and os.fsync) are wrapped in this process to count calls made
-                    during the measured window; readback of the segments (blocks on disk, every
-                    record present) cross-checks it. Weave's fsyncs are counted the same way inside
-                    its subprocess.
-
-Run it through run.py (`python benchmarks/run.py [--short]`) or alone: `python benchmarks/append.py [--short]`.
+Every case appends the same 109-byte record, built afresh in the loop body as a training loop
+would; each figure is the median of interleaved runs, each in a fresh temporary directory.
+benchmarks/README.md ("append") says how every column is measured. Run it through run.py:
+`python benchmarks/run.py [--short] append`.
 """
 
 from __future__ import annotations
@@ -41,6 +27,7 @@ from itertools import cycle, islice
 from typing import Any, Callable
 
 import orjson
+from _report import Report, spread, times
 
 import distwal
 
@@ -344,22 +331,27 @@ def distwal_reset_env() -> None:
         os.environ.pop(name, None)
 
 
-def case_queue(n: int, tmp: str) -> dict[str, Any]:
-    """The common pattern: the caller puts the dict on a queue.Queue, a worker thread serializes and writes it."""
-    f = open(os.path.join(tmp, "queue.jsonl"), "ab")
+def _queue_writer(path: str) -> tuple[queue.Queue[Any], threading.Thread]:
+    """The common pattern: the caller puts the dict on a queue.Queue, a worker thread serializes and
+    writes it (until it gets None)."""
     q: queue.Queue[Any] = queue.Queue()
 
     def worker() -> None:
-        get, write, dumps = q.get, f.write, orjson.dumps
-        while True:
-            r = get()
-            if r is None:
-                break
-            write(dumps(r) + b"\n")
-        f.flush()
+        with open(path, "ab") as f:
+            get, write, dumps = q.get, f.write, orjson.dumps
+            while True:
+                r = get()
+                if r is None:
+                    break
+                write(dumps(r) + b"\n")
 
     t = threading.Thread(target=worker, name="bench-queue-worker")
     t.start()
+    return q, t
+
+
+def case_queue(n: int, tmp: str) -> dict[str, Any]:
+    q, t = _queue_writer(os.path.join(tmp, "queue.jsonl"))
     t0 = pc()
     _loop_call(q.put, n)
     t1 = pc()
@@ -367,7 +359,6 @@ def case_queue(n: int, tmp: str) -> dict[str, Any]:
     q.put(None)
     t.join()
     t2 = pc()
-    f.close()
     return {"n": n, "caller_s": t1 - t0, "total_s": t2 - t0, "backlog": backlog}
 
 
@@ -487,20 +478,7 @@ def _memory_child(kind: str, n: int, root: str) -> None:
         w.finish()
     else:  # the queue.Queue pattern, for comparison
         os.makedirs(root, exist_ok=True)
-        f = open(os.path.join(root, "queue.jsonl"), "ab")
-        q: queue.Queue[Any] = queue.Queue()
-
-        def worker() -> None:
-            get, write, dumps = q.get, f.write, orjson.dumps
-            while True:
-                r = get()
-                if r is None:
-                    break
-                write(dumps(r) + b"\n")
-            f.flush()
-
-        t = threading.Thread(target=worker)
-        t.start()
+        q, t = _queue_writer(os.path.join(root, "queue.jsonl"))
         base = start_peak()
         t0 = pc()
         _loop_call(q.put, n)
@@ -620,10 +598,7 @@ def measure(short: bool) -> tuple[list[Case], dict[str, list[dict[str, Any]]], S
 
 def _fmt_us(values: list[float]) -> str:
     med = statistics.median(values)
-    digits = 2 if med < 10 else 1 if med < 1000 else 0
-    if len(values) < 2:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    return spread(values, f".{2 if med < 10 else 1 if med < 1000 else 0}f")
 
 
 def _fmt_rate(value: float | None) -> str:
@@ -652,7 +627,7 @@ def build_rows(cases: list[Case], memory: dict[str, list[dict[str, Any]]], scale
         caller = case.per_record_us()
         caller_med = statistics.median(caller)
         facts[f"{case.key}_us"] = caller_med
-        ratio = f"{caller_med / raw_us:.2f}x" if raw_us else "-"
+        ratio = times(caller_med, raw_us)
         rate = statistics.median(case.rates())
         facts[f"{case.key}_rate"] = rate
         n = case.results[0]["n"]
@@ -730,7 +705,7 @@ def build_rows(cases: list[Case], memory: dict[str, list[dict[str, Any]]], scale
             [
                 f"memory: distwal interval, {n:,} records as fast as possible",
                 _fmt_us(caller),
-                f"{statistics.median(caller) / raw_us:.2f}x" if raw_us else "-",
+                times(statistics.median(caller), raw_us),
                 _fmt_rate(rate),
                 f"peak RSS growth {statistics.median(grow):.1f} MiB (range {min(grow):.1f}-{max(grow):.1f}; "
                 f"fresh process, VmHWM after resetting it) for {payload_mib:.0f} MiB of records; buffer bound {BUFFER_BOUND_MIB} MiB"
@@ -745,7 +720,7 @@ def build_rows(cases: list[Case], memory: dict[str, list[dict[str, Any]]], scale
             [
                 f"memory: distwal interval, {m['n']:,} records (long enough to fill the buffer)",
                 _fmt_us([m["caller_s"] / m["n"] * 1e6]),
-                f"{m['caller_s'] / m['n'] * 1e6 / raw_us:.2f}x" if raw_us else "-",
+                times(m["caller_s"] / m["n"] * 1e6, raw_us),
                 _fmt_rate(m["n"] / m["total_s"]),
                 f"peak RSS growth {growth:.1f} MiB for {m['n'] * RECORD_BYTES / 2**20:.0f} MiB of records (one run); "
                 "caller cost includes waiting when the buffer is full (on_full=block)",
@@ -798,62 +773,24 @@ def targets(facts: dict[str, Any], cases: list[Case]) -> list[str]:
     return out
 
 
-HEADERS = ["case", "caller us/record", "ratio to raw", "throughput rec/s", "notes"]
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---", "---:", "---:", "---:", "---"]) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    return "\n".join(lines)
-
-
-def text_table(rows: list[list[str]]) -> str:
-    head = HEADERS[:4]
-    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(4)]
-    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))) + "  notes"]
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, 4)]
-        out.append("  ".join(cells) + "  " + r[4])
-    return "\n".join(out)
-
-
 def main(short: bool = False) -> str:
     """Run the append benchmark; print the table; return it (with the targets) as markdown."""
     cases, memory, scale = measure(short)
     rows, facts = build_rows(cases, memory, scale)
-    goals = targets(facts, cases)
-    print(text_table(rows))
-    print()
-    for line in goals:
-        print("- " + line.replace("**", ""))
-    sizes = (
-        f"{scale.reps} interleaved repetitions, median (range in brackets); records per run: "
-        f"{scale.fast:,} (fast cases), {scale.slow:,} (logging, Weave), {scale.sync1:,} (sync, 1 thread), "
-        f"{scale.sync8:,} (sync, 8 threads); memory: {scale.memory:,} records x {scale.memory_reps}"
+    failed = [f"{c.label}: {c.error}" for c in cases if c.error]
+    report = Report()
+    report.text(
+        f"Record: {RECORD_BYTES} bytes of JSON (+ newline). {scale.reps} interleaved repetitions, median (range in "
+        f"brackets); records per run: {scale.fast:,} (fast cases), {scale.slow:,} (logging, Weave), {scale.sync1:,} "
+        f"(sync, 1 thread), {scale.sync8:,} (sync, 8 threads); memory: {scale.memory:,} records x {scale.memory_reps}"
         + (f", then {scale.memory_long:,} records once." if scale.memory_long else ".")
     )
-    failed = [f"{c.label}: {c.error}" for c in cases if c.error]
+    report.table(["case", "caller us/record", "ratio to raw", "throughput rec/s", "notes"], rows, align="lrrrl")
+    report.targets(targets(facts, cases))
     if failed:
         raise RuntimeError("append: cases failed: " + "; ".join(failed))
-    md = [
-        f"Record: {RECORD_BYTES} bytes of JSON (+ newline). {sizes}",
-        "",
-        markdown_table(rows),
-        "",
-        "Targets:",
-        "",
-        *[f"- {line}" for line in goals],
-    ]
-    return "\n".join(md) + "\n"
+    return report.markdown()
 
 
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "--memory-child":
-        _memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
-    else:
-        text = main(short="--short" in sys.argv[1:])
-        out_dir = os.path.join(HERE, ".out")
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "append.md"), "w") as f:
-            f.write(text)
+if __name__ == "__main__":  # the memory rows' fresh process; the benchmark itself runs through run.py
+    _memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])

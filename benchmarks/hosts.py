@@ -21,25 +21,28 @@ attributes cached for attr_timeout = entry_timeout = T, kernel_cache): epochs cl
 the leader lives for STEADY_S, then the leader's whole host is SIGKILLed and the time until
 a new leader holds the lease.
 
-`--short` (CI): 8 hosts x 16 writers; mounts: one FUSE case. Run through run.py or alone: `python benchmarks/hosts.py [--short]`.
+`--short` (CI): 8 hosts x 16 writers; mounts: one FUSE case. Run it through run.py:
+`python benchmarks/run.py [--short] hosts`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # helpers.hosts
+from _report import Report
+from helpers.cluster import FaultServer, cluster_env
+from helpers.hosts import FuseMount, SimHost, fuse_problem, unshare_problem
+from helpers.procs import Child, read_json
+from ship import CHILD, PY, child, clean_env, end, reap_all
 
-from ship import CHILD, PY, Child, clean_env, kill_all, markdown_table, text_table  # noqa: E402
+from distwal.leader.election import highest_epoch
 
 LEASE_S = 10.0  # DISTWAL_LEASE_S of the leader: a host's writers are dead after this much heartbeat silence
 
@@ -75,9 +78,7 @@ def folders_of(root: str, host: str) -> list[str]:
     return [n for n in os.listdir(os.path.join(root, "writers")) if n.startswith(f"{host}-")]
 
 
-def run(scale: Scale, base: str, log: Any, discard_url: str) -> dict[str, Any]:
-    from helpers.hosts import SimHost, unshare_problem
-
+def run(scale: Scale, base: str, discard_url: str) -> dict[str, Any]:
     problem = unshare_problem()
     if problem is not None:
         return {"unavailable": problem}
@@ -93,23 +94,22 @@ def run(scale: Scale, base: str, log: Any, discard_url: str) -> dict[str, Any]:
         for i in range(scale.hosts):
             host = SimHost(f"host{i:02d}").boot()
             hosts.append(host)
-            helpers.append(Child(["many", root, str(scale.per_host), "0.5"], env, log,
-                                 argv=host.argv([PY, CHILD, "many", root, str(scale.per_host), "0.5"], base)))
+            helpers.append(child(env=env, argv=host.argv([PY, CHILD, "many", root, str(scale.per_host), "0.5"], base)))
         for h in helpers:
-            h.read(timeout=600)
+            h.next_json(timeout=600)
         out["made_s"] = time.perf_counter() - t0
         out["raw_ms"] = raw_discovery(root)
-        leader = Child(["scan", root, discard_url], env, log)
-        out["first"] = leader.read(timeout=300)
+        leader = child("scan", root, discard_url, env=env)
+        out["first"] = leader.next_json(timeout=300)
         leader.send("drain 120")
-        out["drained"] = leader.read(timeout=200)
+        out["drained"] = leader.next_json(timeout=200)
         leader.send(f"cycles {scale.phase_s}")
-        out["idle"] = leader.read(timeout=scale.phase_s + 120)
+        out["idle"] = leader.next_json(timeout=scale.phase_s + 120)
         leader.send("full 5")
-        out["full"] = leader.read(timeout=300)
+        out["full"] = leader.next_json(timeout=300)
         leader.send(f"cpu {scale.cpu_s}")
         out["helpers_cpu_pct"] = _tree_cpu_share(helpers, min(5.0, scale.cpu_s - 1))  # during the leader's loop
-        out["cpu"] = leader.read(timeout=scale.cpu_s + 120)
+        out["cpu"] = leader.next_json(timeout=scale.cpu_s + 120)
 
         # Kill one whole host while the leader runs its loop; time each folder's departure.
         victim = hosts[-1]
@@ -126,14 +126,13 @@ def run(scale: Scale, base: str, log: Any, discard_url: str) -> dict[str, Any]:
                 if w not in gone and not os.path.isdir(os.path.join(root, "writers", w)):
                     gone[w] = time.monotonic() - killed_at
             time.sleep(0.02)
-        after_kill = leader.read(timeout=loop_s + 120)
+        after_kill = leader.next_json(timeout=loop_s + 120)
         out["kill"] = {"writers": len(ids), "adopted": len(gone), "times": sorted(gone.values()),
                        "leader_adopted": after_kill.get("adopted")}
     finally:
-        if leader is not None:
-            leader.close()
-        for h in helpers:
-            h.kill()
+        for proc in [*helpers, leader]:
+            if proc is not None:
+                end(proc)
         for host in hosts:
             host.shutdown()
     return out
@@ -191,27 +190,14 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-HEADERS = ["case", "result", "target", "notes"]
-
 MOUNT_LEASE_S = 3.0  # DISTWAL_LEASE_S of the mounts runs; the leader renews every lease / 5 = 0.6 s
 STEADY_S = 15.0  # seconds the leader is watched before its host is killed
 MOUNTS_FULL: tuple[float | None, ...] = (None, 0.0, 0.5, 1.0, 2.0, 4.0)  # None: no FUSE (locks shared)
 MOUNTS_SHORT: tuple[float | None, ...] = (0.5,)
 
 
-def _highest_epoch(root: str) -> int:
-    names = os.listdir(os.path.join(root, "epochs")) if os.path.isdir(os.path.join(root, "epochs")) else []
-    return max((int(n) for n in names if n.isdigit()), default=0)
-
-
 def run_mount(base: str, timeout: float | None) -> dict[str, Any]:
     """One mounts case (see the module docstring); raises when the leader never settles."""
-    import json as _json
-    from contextlib import ExitStack
-
-    from helpers.cluster import FaultServer, cluster_env
-    from helpers.hosts import FuseMount, SimHost, fuse_problem, unshare_problem
-
     problem = unshare_problem() if timeout is None else fuse_problem()
     if problem is not None:
         return {"unavailable": problem}
@@ -231,41 +217,36 @@ def run_mount(base: str, timeout: float | None) -> dict[str, Any]:
         owners: dict[str, SimHost] = {}
         for i, host in enumerate(hosts):
             for j in range(2):
-                child = stack.enter_context(host.start_writer(work, env, f"m{i}r{j}", stop=stop, pace=0.005))
-                owners[child.wait_for("ready", timeout=120).parts[1]] = host
-        lease_path = os.path.join(wal, "leader.json")
+                rank = stack.enter_context(host.start_writer(work, env, f"m{i}r{j}", stop=stop, pace=0.005))
+                owners[rank.wait_for("ready", timeout=120).parts[1]] = host
 
         def lease() -> dict[str, Any]:
-            try:
-                with open(lease_path, "rb") as f:
-                    found = _json.loads(f.read())
-                return found if isinstance(found, dict) else {}
-            except (OSError, ValueError):
-                return {}
+            found = read_json(os.path.join(wal, "leader.json"))
+            return found if isinstance(found, dict) else {}
 
         deadline = time.monotonic() + 60
         while not lease().get("epoch") and time.monotonic() < deadline:
             time.sleep(0.05)
-        first = _highest_epoch(wal)
+        first = highest_epoch(wal)
         owners_seen = set()
         t0 = time.monotonic()
         while time.monotonic() - t0 < STEADY_S:  # the watch is the measurement
             owners_seen.add(lease().get("owner"))
             time.sleep(0.05)
-        out["steady_epochs"] = _highest_epoch(wal) - first + 1
+        out["steady_epochs"] = highest_epoch(wal) - first + 1
         out["steady_owners"] = len(owners_seen - {None})
         current = lease()
         victim = owners.get(str(current.get("owner")))
         if victim is None:  # the leader is not a rank (cannot happen here): report, do not guess
             out["failover_s"] = None
             return out
-        before = _highest_epoch(wal)
+        before = highest_epoch(wal)
         killed = time.monotonic()
         victim.kill()
         while lease().get("epoch", 0) <= current.get("epoch", 0) and time.monotonic() - killed < 60:
             time.sleep(0.02)
         out["failover_s"] = time.monotonic() - killed
-        out["failover_epochs"] = _highest_epoch(wal) - before
+        out["failover_epochs"] = highest_epoch(wal) - before
         with open(stop, "w") as f:
             f.write("stop")
     shutil.rmtree(work, ignore_errors=True)
@@ -290,31 +271,21 @@ def mount_rows(results: list[tuple[float | None, dict[str, Any]]]) -> list[list[
     return rows_
 
 
-MOUNT_HEADERS = ["shared directory as", "while the leader lives", "leader's host killed", "notes"]
-
-
 def main(short: bool = False) -> str:
     scale = SHORT if short else FULL
     base = tempfile.mkdtemp(prefix="distwal-bench-hosts-")
-    log = open(os.path.join(base, "children.log"), "w")
-    discard = Child(["discard"], clean_env(), log)
     result: dict[str, Any] = {}
     try:
-        url = discard.read(timeout=60)["url"]
-        try:
-            result = run(scale, base, log, url)
-        except Exception as exc:  # noqa: BLE001 - reported in the table, then raised for run.py
-            traceback.print_exc()
-            result = {"error": f"{type(exc).__name__}: {exc}"}
+        discard = child("discard")
+        result = run(scale, base, discard.next_json(timeout=60)["url"])
+    except Exception as exc:  # noqa: BLE001 - reported in the table, then raised for run.py
+        traceback.print_exc()
+        result = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
-        kill_all()
-        log.close()
-        if result.get("error"):
-            with open(os.path.join(base, "children.log"), errors="replace") as f:
-                print(f.read()[-3000:], file=sys.stderr)
+        reap_all(failed="error" in result)
         shutil.rmtree(base, ignore_errors=True)
-    table = rows(result)
-    print(text_table(HEADERS, table, 1))
+    report = Report()
+    report.table(["case", "result", "target", "notes"], rows(result), align="llll")
     mounts: list[tuple[float | None, dict[str, Any]]] = []
     base = tempfile.mkdtemp(prefix="distwal-bench-mounts-")
     try:
@@ -326,15 +297,10 @@ def main(short: bool = False) -> str:
                 mounts.append((timeout, {"error": f"{type(exc).__name__}: {exc}"}))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    mtable = mount_rows(mounts)
-    print()
-    print(text_table(MOUNT_HEADERS, mtable, 1))
+    report.text("Mount options (see the README's NFS section):")
+    report.table(["shared directory as", "while the leader lives", "leader's host killed", "notes"],
+                 mount_rows(mounts), align="llll")
     errors = [r["error"] for _, r in [(None, result), *mounts] if r.get("error")]
     if errors:
         raise RuntimeError("; ".join(errors))
-    return (markdown_table(HEADERS, ["---", "---", "---", "---"], table) + "\n\nMount options (see the README's NFS "
-            "section):\n\n" + markdown_table(MOUNT_HEADERS, ["---", "---", "---", "---"], mtable))
-
-
-if __name__ == "__main__":
-    main(short="--short" in sys.argv)
+    return report.markdown()

@@ -24,7 +24,6 @@ import mmap
 import os
 import statistics
 import struct
-import sys
 import tempfile
 import threading
 import time
@@ -33,6 +32,7 @@ from itertools import cycle, islice
 from typing import Any, Callable
 
 import orjson
+from _report import Report
 
 import distwal
 
@@ -168,14 +168,11 @@ def main(short: bool) -> str:
             with tempfile.TemporaryDirectory(prefix="distwal-mapped-") as tmp:
                 costs[name].append(case(n, tmp) / n * 1e6)
     # The ratio is taken within each repetition (same moment, same load), then the median.
-    rows = ["| case | caller us/record (median) | vs raw (median of per-run ratios) | range us |", "|---|---:|---:|---:|"]
-    for name, values in costs.items():
-        ratio = statistics.median(v / r for v, r in zip(values, costs["raw"]))
-        rows.append(f"| {name} | {statistics.median(values):.3f} | {ratio:.2f}x | {min(values):.3f} to {max(values):.3f} |")
-    table = "\n".join(rows) + f"\n\n{n:,} records of 109 bytes per run, {reps} interleaved runs.\n"
-    print(table)
-    return table
-
-
-if __name__ == "__main__":
-    main("--short" in sys.argv)
+    rows = [[name, f"{statistics.median(values):.3f}",
+             f"{statistics.median(v / r for v, r in zip(values, costs['raw'])):.2f}x",
+             f"{min(values):.3f} to {max(values):.3f}"] for name, values in costs.items()]
+    report = Report()
+    report.table(["case", "caller us/record (median)", "vs raw (median of per-run ratios)", "range us"], rows,
+                 align="lrrr")
+    report.text(f"{n:,} records of 109 bytes per run, {reps} interleaved runs.", show=True)
+    return report.markdown()

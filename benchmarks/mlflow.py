@@ -32,12 +32,11 @@ import uuid
 from typing import Any
 
 import orjson
+from _report import Report, verdict
+from helpers.mlflow_server import STAMP, MlflowServer, ensure_mlflow_venv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from helpers.mlflow_server import STAMP, MlflowServer, ensure_mlflow_venv  # noqa: E402
 
 FULL = {"points": 60_000, "reps": 3, "calls": 5_000}
 SHORT = {"points": 6_000, "reps": 2, "calls": 300}
@@ -204,41 +203,25 @@ def _tee(python: str, server: MlflowServer, scale: dict[str, int], base: str) ->
 def _report(rows: dict[str, list[float]], tee: dict[str, dict[str, Any]], scale: dict[str, int]) -> str:
     sink, client = statistics.median(rows["sink"]), statistics.median(rows["client"])
     ratio = client / sink
-    lines = [
-        f"Metric points into one `mlflow server` (SQLite store), {scale['points']:,} points per side and repetition, "
-        f"median of {scale['reps']}:",
-        "",
-        "| writer | points/s | vs MlflowClient.log_batch |",
-        "|---|---:|---:|",
-        f"| MLflowSink.write (100 records x {FIELDS} fields per request) | {sink:,.0f} | {sink / client:.2f}x |",
-        f"| MlflowClient.log_batch (1,000 metrics per request) | {client:,.0f} | 1.00x |",
-        "",
-        f"Target: within {THROUGHPUT_TARGET}x of log_batch: {'met' if ratio <= THROUGHPUT_TARGET else 'NOT met'} "
-        f"(log_batch is {ratio:.2f}x the sink).",
-        "",
-        f"One metric per call in the training loop, {scale['calls']:,} calls, same server:",
-        "",
-        "| call | cost per call (us) | first call to all points in MLflow (s) | points stored |",
-        "|---|---:|---:|---:|",
-    ]
+    report = Report()
+    report.text(f"Metric points into one `mlflow server` (SQLite store), {scale['points']:,} points per side and "
+                f"repetition, median of {scale['reps']}:", show=True)
+    report.table(["writer", "points/s", "vs MlflowClient.log_batch"], [
+        [f"MLflowSink.write (100 records x {FIELDS} fields per request)", f"{sink:,.0f}", f"{sink / client:.2f}x"],
+        ["MlflowClient.log_batch (1,000 metrics per request)", f"{client:,.0f}", "1.00x"],
+    ], align="lrr")
+    report.text(f"Target: within {THROUGHPUT_TARGET}x of log_batch: {verdict(ratio <= THROUGHPUT_TARGET)} "
+                f"(log_batch is {ratio:.2f}x the sink).", show=True)
+    report.text(f"One metric per call in the training loop, {scale['calls']:,} calls, same server:", show=True)
     names = {"log": "distwal.log (raw baseline)", "tee": "distwal.integrations.mlflow.log_metric",
              "mlflow": "mlflow.log_metric(synchronous=False), async logging"}
-    for key in ("log", "tee", "mlflow"):
-        r = tee[key]
-        lines.append(f"| {names[key]} | {r['per_call'] * 1e6:,.1f} | {r['all_in']:.2f} | {r['stored']:,} |")
+    report.table(["call", "cost per call (us)", "first call to all points in MLflow (s)", "points stored"],
+                 [[names[k], f"{tee[k]['per_call'] * 1e6:,.1f}", f"{tee[k]['all_in']:.2f}", f"{tee[k]['stored']:,}"]
+                  for k in ("log", "tee", "mlflow")], align="lrrr")
     tee_ratio = tee["tee"]["per_call"] / tee["log"]["per_call"]
     sooner = tee["mlflow"]["all_in"] / tee["tee"]["all_in"]
-    lines += [
-        "",
-        f"Target: the tee within {TEE_TARGET}x of distwal.log: {'met' if tee_ratio <= TEE_TARGET else 'NOT met'} "
-        f"({tee_ratio:.2f}x); every point in MLflow {sooner:.1f}x sooner than MLflow's own async logging. "
-        "The tee's points are durable on disk when the call returns (interval mode: within 20 ms); "
-        "MLflow's async queue lives in memory until flushed.",
-    ]
-    md = "\n".join(lines)
-    print(md)
-    return md
-
-
-if __name__ == "__main__":
-    main(short="--short" in sys.argv[1:])
+    report.text(f"Target: the tee within {TEE_TARGET}x of distwal.log: {verdict(tee_ratio <= TEE_TARGET)} "
+                f"({tee_ratio:.2f}x); every point in MLflow {sooner:.1f}x sooner than MLflow's own async logging. "
+                "The tee's points are durable on disk when the call returns (interval mode: within 20 ms); "
+                "MLflow's async queue lives in memory until flushed.", show=True)
+    return report.markdown()

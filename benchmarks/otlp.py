@@ -17,8 +17,8 @@ One run, real processes on this host (child roles in _otlp_child.py):
     receiver with reading and encoding taken away;
   - encode: encode_request() alone over the same batches (us per record).
 
-Target: the sink within 2x of raw. Run it through run.py (`python benchmarks/run.py [--short]
-otlp`) or alone: `python benchmarks/otlp.py [--short]`.
+Target: the sink within 2x of raw. Run it through run.py:
+`python benchmarks/run.py [--short] otlp`.
 """
 
 from __future__ import annotations
@@ -30,15 +30,14 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from _report import Report, spread
+from helpers.procs import Child
+from ship import child, end, hard_copy, make_backlog, reap_all
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from ship import Child, clean_env, hard_copy, kill_all, make_backlog, markdown_table, text_table  # noqa: E402
-
 PY = sys.executable
 OTLP_CHILD = os.path.join(HERE, "_otlp_child.py")
 TARGET = 2.0  # the sink within 2x of raw
@@ -55,10 +54,6 @@ FULL = Scale(reps=5, writers=8, per_writer=50_000)
 SHORT = Scale(reps=1, writers=4, per_writer=10_000)
 
 
-def _child(role: str, log: Any) -> Child:
-    return Child([role], clean_env(), log, argv=[PY, OTLP_CHILD, role])
-
-
 def _job(worker: Child, receiver_pid: int, job: dict[str, Any]) -> dict[str, Any]:
     """Run one worker job; add the receiver's CPU seconds spent meanwhile ("rx_cpu_s")."""
     import psutil
@@ -66,7 +61,7 @@ def _job(worker: Child, receiver_pid: int, job: dict[str, Any]) -> dict[str, Any
     receiver = psutil.Process(receiver_pid)
     before = sum(receiver.cpu_times()[:2])
     worker.send(json.dumps(job))
-    result = worker.read(timeout=1800)
+    result = worker.next_json(timeout=1800)
     result["rx_cpu_s"] = sum(receiver.cpu_times()[:2]) - before
     return result
 
@@ -75,33 +70,24 @@ def _per_record(results: list[dict[str, Any]], key: str) -> list[float]:
     return [r[key] / r["n"] * 1e6 for r in results]
 
 
-def _spread(values: list[float], fmt: str) -> str:
-    mid = format(statistics.median(values), fmt)
-    if len(values) < 2:
-        return mid
-    return f"{mid} [{format(min(values), fmt)} to {format(max(values), fmt)}]"
-
-
 def main(short: bool = False) -> str:
     """Run the OTLP benchmark; print the table; return it (with the target) as markdown."""
     scale = SHORT if short else FULL
     base = tempfile.mkdtemp(prefix="distwal-bench-otlp-")
-    log_path = os.path.join(base, "children.log")
-    log = open(log_path, "w")
     started = time.monotonic()
     results: dict[str, list[dict[str, Any]]] = {"sink": [], "serial": [], "raw": [], "encode": []}
     built: dict[str, Any] = {}
     try:
-        receiver = _child("receiver", log)
-        hello = receiver.read(timeout=60)
+        receiver = child(argv=[PY, OTLP_CHILD, "receiver"])
+        hello = receiver.next_json(timeout=60)
         url, rx = hello["sink_url"], int(hello["pid"])
-        backlog = make_backlog(os.path.join(base, "backlog"), scale.writers, scale.per_writer, log)
-        worker = _child("worker", log)
-        worker.read(timeout=60)
+        backlog = make_backlog(os.path.join(base, "backlog"), scale.writers, scale.per_writer)
+        worker = child(argv=[PY, OTLP_CHILD, "worker"])
+        worker.next_json(timeout=60)
         build_dir = os.path.join(base, "build")
         hard_copy(backlog.dir, build_dir)
         worker.send(json.dumps({"kind": "build", "dir": build_dir, "url": url}))
-        built = worker.read(timeout=1800)
+        built = worker.next_json(timeout=1800)
         if built.get("n") != backlog.records:
             raise RuntimeError(f"built requests hold {built.get('n')} records, the backlog {backlog.records}")
         for rep in range(scale.reps):  # interleaved, so a burst of load on the machine hits every case
@@ -118,17 +104,14 @@ def main(short: bool = False) -> str:
             shutil.rmtree(run_dir, ignore_errors=True)
             results["raw"].append(_job(worker, rx, {"kind": "raw", "url": url[len("otlp+"):]}))
             worker.send(json.dumps({"kind": "encode"}))
-            results["encode"].append(worker.read(timeout=1800))
-        worker.close()
-        receiver.close()
+            results["encode"].append(worker.next_json(timeout=1800))
+        end(worker)
+        end(receiver)
     except Exception:
-        traceback.print_exc()
-        with open(log_path, errors="replace") as f:
-            print(f"otlp: children's stderr (last 3000 characters):\n{f.read()[-3000:]}", file=sys.stderr)
+        reap_all(failed=True)
         raise
     finally:
-        kill_all()
-        log.close()
+        reap_all(failed=False)
         shutil.rmtree(base, ignore_errors=True)
 
     n = built["n"]
@@ -150,30 +133,21 @@ def main(short: bool = False) -> str:
     }
     labels = {"sink": "sink: Sender + OTLPSink into the receiver", "serial": "sink, one request per batch (no overlap)",
               "raw": "raw: POST the pre-built requests (gzip in the loop)"}
-    rows = [[labels[case], _spread(rates[case], ",.0f"), _spread(_per_record(results[case], "cpu_s"), ".2f"),
-             _spread(_per_record(results[case], "rx_cpu_s"), ".2f"), notes[case]] for case in ("sink", "serial", "raw")]
-    rows.append(["encode_request() alone", f"{1e6 / statistics.median(encode_us):,.0f}", _spread(encode_us, ".2f"),
+    rows = [[labels[case], spread(rates[case], ",.0f", "[]"), spread(_per_record(results[case], "cpu_s"), ".2f", "[]"),
+             spread(_per_record(results[case], "rx_cpu_s"), ".2f", "[]"), notes[case]] for case in ("sink", "serial", "raw")]
+    rows.append(["encode_request() alone", f"{1e6 / statistics.median(encode_us):,.0f}", spread(encode_us, ".2f", "[]"),
                  "-", "CPU time; LogRecords written straight into wire format"])
     met = "met" if ratio <= TARGET else "not met"
     goal = (f"OTLP sink within {TARGET:g}x of POSTing pre-built request bytes: **{ratio:.2f}x** "
             f"(per repetition {', '.join(f'{r:.2f}' for r in ratios)}): {met}; CPU per record, leader and "
             f"receiver together: {statistics.median(cpu_total['sink']):.2f} vs {statistics.median(cpu_total['raw']):.2f}"
             f" us, {cpu_ratio:.2f}x")
-    elapsed = time.monotonic() - started
-    print(text_table(headers, rows, 4))
-    print()
-    print("- " + goal.replace("**", ""))
-    sizes = (f"Backlog: {scale.writers} writers x {scale.per_writer:,} records of 109 bytes (interval mode, "
-             f"DISTWAL_DISABLE_SENDER=1, then finish()); every sink run drains a hard-linked copy of it into "
-             f"the receiver (its own process, parsing every request); {scale.reps} interleaved repetition"
-             f"{'s' if scale.reps > 1 else ''}, median (range in brackets). Ran in {elapsed:.0f} s.")
-    md = [sizes, "", markdown_table(headers, ["---", "---:", "---:", "---:", "---"], rows), "", "Target:", "", f"- {goal}"]
-    return "\n".join(md) + "\n"
-
-
-if __name__ == "__main__":
-    text = main(short="--short" in sys.argv[1:])
-    out_dir = os.path.join(HERE, ".out")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "otlp.md"), "w") as f:
-        f.write(text)
+    report = Report()
+    report.text(f"Backlog: {scale.writers} writers x {scale.per_writer:,} records of 109 bytes (interval mode, "
+                f"DISTWAL_DISABLE_SENDER=1, then finish()); every sink run drains a hard-linked copy of it into "
+                f"the receiver (its own process, parsing every request); {scale.reps} interleaved repetition"
+                f"{'s' if scale.reps > 1 else ''}, median (range in brackets). Ran in "
+                f"{time.monotonic() - started:.0f} s.")
+    report.table(headers, rows, align="lrrrl")
+    report.targets([goal], title="Target:")
+    return report.markdown()

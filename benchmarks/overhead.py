@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from _report import Report, verdict
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
@@ -64,10 +66,10 @@ def _run(ranks: int, steps: int, with_distwal: bool, tmp: str, tag: str) -> tupl
 
 def main(short: bool = False) -> str:
     missing = _have_torch()
+    report = Report()
     if missing:
-        table = f"| case | result |\n|---|---|\n| training overhead | not measured: {missing} |\n"
-        print(table)
-        return table
+        report.table(["case", "result"], [["training overhead", f"not measured: {missing}"]], align="ll")
+        return report.markdown()
     ranks, steps, reps = (2, 40, 1) if short else (4, 1000, 3)
     tmp = tempfile.mkdtemp(prefix="distwal-overhead-")
     with_times: dict[int, list[float]] = {r: [] for r in range(ranks)}
@@ -88,31 +90,24 @@ def main(short: bool = False) -> str:
             print(f"overhead: repetition {rep + 1}/{reps} done", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows = ["| rank | median step, without (ms) | median step, with distwal (ms) | overhead |", "|---:|---:|---:|---:|"]
+    rows = []
     overheads = []
     for rank in range(ranks):
         off = statistics.median(without_times[rank])
         on = statistics.median(with_times[rank])
-        overhead = on / off - 1
-        overheads.append(overhead)
+        overheads.append(on / off - 1)
         lead = " (led shipping)" if rank in leaders else ""
-        rows.append(f"| {rank}{lead} | {off * 1e3:.3f} | {on * 1e3:.3f} | {overhead * 100:+.2f}% |")
-    worst = max(overheads)
+        rows.append([f"{rank}{lead}", f"{off * 1e3:.3f}", f"{on * 1e3:.3f}", f"{overheads[-1] * 100:+.2f}%"])
     all_off = statistics.median([t for r in range(ranks) for t in without_times[r]])
     all_on = statistics.median([t for r in range(ranks) for t in with_times[r]])
-    rows.append(f"| all | {all_off * 1e3:.3f} | {all_on * 1e3:.3f} | {(all_on / all_off - 1) * 100:+.2f}% |")
-    verdict = "met" if (all_on / all_off - 1) <= TARGET else "NOT met"
-    table = "\n".join(rows) + (
-        f"\n\n{ranks} ranks (gloo, CPU, torchrun --standalone), {steps} steps each, first {steps // 10} dropped, "
+    rows.append(["all", f"{all_off * 1e3:.3f}", f"{all_on * 1e3:.3f}", f"{(all_on / all_off - 1) * 100:+.2f}%"])
+    report.table(["rank", "median step, without (ms)", "median step, with distwal (ms)", "overhead"], rows,
+                 align="rrrr")
+    report.text(
+        f"{ranks} ranks (gloo, CPU, torchrun --standalone), {steps} steps each, first {steps // 10} dropped, "
         f"{reps} alternating repetitions ({time.perf_counter() - started:.0f} s); each rank logs one record per "
         f"step (interval mode), the leading rank ships to SQLite from its sender process. "
-        f"Leader rank per run: {leaders}. Target at most {TARGET:.0%} overall: {verdict} "
-        f"(worst rank {worst * 100:+.2f}%). On 2 cores, 4 ranks and the sender share the CPUs, so the "
-        "sender's CPU time shows up in the step times.\n"
-    )
-    print(table)
-    return table
-
-
-if __name__ == "__main__":
-    main("--short" in sys.argv)
+        f"Leader rank per run: {leaders}. Target at most {TARGET:.0%} overall: "
+        f"{verdict(all_on / all_off - 1 <= TARGET)} (worst rank {max(overheads) * 100:+.2f}%). On 2 cores, 4 ranks "
+        "and the sender share the CPUs, so the sender's CPU time shows up in the step times.", show=True)
+    return report.markdown()

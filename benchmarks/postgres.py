@@ -4,7 +4,7 @@ One run starts its own server (Debian's postgresql, tests/helpers/postgres.py, f
 measures, interleaved over repetitions, each from the same backlog (writers x N records of
 append.py's 109-byte record, written with DISTWAL_DISABLE_SENDER=1 by ship.py's backlog role):
 
-  sink    the library's Sender, led as `distwal drain` leads (build_sender), draining the
+  sink    the library's Sender, led as `distwal drain` leads (lead(), through _ship_child.leading), draining the
           backlog through the PostgreSQL sink (one transaction per 20,000-record batch:
           fence, COPY, commit) into a fresh table
   raw     the raw limit: the very rows the sink stored, read back with COPY ... TO STDOUT
@@ -14,8 +14,7 @@ append.py's 109-byte record, written with DISTWAL_DISABLE_SENDER=1 by ship.py's 
   serve   `distwal serve --db postgresql://...` against `distwal serve --db FILE.db` (SQLite),
           each fed by the Sender through HTTPSink (gzip, the default), from a smaller backlog
 
-Run it through run.py (`python benchmarks/run.py [--short] postgres`) or alone:
-`python benchmarks/postgres.py [--short]`.
+Run it through run.py: `python benchmarks/run.py [--short] postgres`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -31,11 +29,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-
-from ship import PY, Child, clean_env, hard_copy, make_backlog  # noqa: E402
+from _report import Report, verdict
+from _ship_child import drain, leading
+from helpers.cluster import serve_cli
+from ship import clean_env, hard_copy, make_backlog, reap_all
 
 BATCH_RECORDS = 20_000  # the Sender's default batch; the raw limit uses the same
 TARGET_RATE = 300_000  # records/s through the sink
@@ -54,37 +51,15 @@ FULL = Scale(reps=3, writers=8, per_writer=100_000, serve_per_writer=10_000)
 SHORT = Scale(reps=1, writers=4, per_writer=20_000, serve_per_writer=2_500)
 
 
-def drain(root: str, url: str, expected: int) -> float:
+def drain_seconds(root: str, url: str, expected: int) -> float:
     """Lead `root` as `distwal drain` does and send everything to `url`; seconds until all acked."""
-    from distwal._config import Config
-    from distwal._files import ensure_domain
-    from distwal._layout import Identity, Modes
-    from distwal.leader.elector import Elector, build_sender, owner_of
+    from distwal.sinks import sink_from_url
 
-    config = Config.load(dir=root, sink=url, env={})
-    domain = ensure_domain(root, Modes.for_config(False))
-    identity = Identity.of_this_process()
-    owner = owner_of(identity, "bench")
-    elector = Elector(config, identity, owner, domain, start=lambda epoch: None)  # type: ignore[arg-type,return-value]
-    deadline = time.monotonic() + 30
-    while not elector.acquire():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"could not lead {root}")
-        time.sleep(0.05)
-    sender = build_sender(config, elector.epoch, owner, domain, identity)
-    try:
-        t0 = time.perf_counter()
-        deadline = time.monotonic() + 900
-        while sender.health.acked_records < expected:
-            if not sender.cycle():
-                if time.monotonic() > deadline or sender.health.errors > 20:
-                    raise RuntimeError(f"acked {sender.health.acked_records} of {expected}: "
-                                       f"{sender.health.last_error}")
-                time.sleep(0.005)
-        return time.perf_counter() - t0
-    finally:
-        sender.close()
-        elector.lock.release()
+    with leading(root, url, sink=sink_from_url(url)) as sender:
+        result = drain(sender, expected, max_errors=20)
+    if result["n"] != expected:
+        raise RuntimeError(f"acked {result['n']} of {expected}: {result['last_error']}")
+    return float(result["s"])
 
 
 def raw_copy(pg: Any, chunks: list[bytes], table: str, keyed: bool = False) -> float:
@@ -117,19 +92,14 @@ def stored_rows(pg: Any, table: str) -> list[bytes]:
     return [b"".join(lines[i:i + BATCH_RECORDS]) for i in range(0, len(lines), BATCH_RECORDS)]
 
 
-def serve_rate(db: str, backlog_dir: str, base: str, expected: int, log: Any, env: dict[str, str]) -> float:
-    serve = Child([], env, log, argv=[PY, "-m", "distwal", "serve", "--db", db, "--port", "0"])
-    try:
-        url = serve.read(timeout=60)["text"].split("listening on ", 1)[1].split()[0]
+def serve_rate(db: str, backlog_dir: str, base: str, expected: int, env: dict[str, str]) -> float:
+    with serve_cli(db, env) as url:
         copy = tempfile.mkdtemp(dir=base, prefix="serve-")
         os.rmdir(copy)
         hard_copy(backlog_dir, copy)
-        seconds = drain(copy, url, expected)
+        seconds = drain_seconds(copy, url, expected)
         shutil.rmtree(copy, ignore_errors=True)
         return expected / seconds
-    finally:
-        serve.proc.send_signal(signal.SIGTERM)
-        serve.close()
 
 
 def main(short: bool = False) -> str:
@@ -140,18 +110,17 @@ def main(short: bool = False) -> str:
         raise RuntimeError(f"cannot run: {problem}")
     scale = SHORT if short else FULL
     base = tempfile.mkdtemp(prefix="distwal-bench-pg-")
-    log = open(os.path.join(base, "children.log"), "w")
     try:
         with PostgresServer.start_new(fsync=True) as pg:
-            return _run(scale, base, log, pg)
+            return _run(scale, base, pg)
     finally:
-        log.close()
+        reap_all(failed=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
-    backlog = make_backlog(os.path.join(base, "tpl"), scale.writers, scale.per_writer, log)
-    small = make_backlog(os.path.join(base, "tpl-serve"), scale.writers, scale.serve_per_writer, log)
+def _run(scale: Scale, base: str, pg: Any) -> str:
+    backlog = make_backlog(os.path.join(base, "tpl"), scale.writers, scale.per_writer)
+    small = make_backlog(os.path.join(base, "tpl-serve"), scale.writers, scale.serve_per_writer)
     print(f"postgres: backlogs written ({backlog.records:,} and {small.records:,} records)", file=sys.stderr)
     sink_rates: list[float] = []
     raw_rates: list[float] = []
@@ -161,7 +130,7 @@ def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
         copy = os.path.join(base, f"run-{rep}")
         hard_copy(backlog.dir, copy)
         os.sync()
-        seconds = drain(copy, pg.url(table=table), backlog.records)
+        seconds = drain_seconds(copy, pg.url(table=table), backlog.records)
         shutil.rmtree(copy, ignore_errors=True)
         (count,) = pg.sql(f"SELECT count(*) FROM {table}")[0]
         if count != backlog.records:
@@ -175,8 +144,8 @@ def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
               file=sys.stderr, flush=True)
 
     env = clean_env(PGPASSWORD=pg.password)
-    serve_pg = serve_rate(pg.url(table="distwal_serve", password=False), small.dir, base, small.records, log, env)
-    serve_sqlite = serve_rate(os.path.join(base, "serve.db"), small.dir, base, small.records, log, env)
+    serve_pg = serve_rate(pg.url(table="distwal_serve", password=False), small.dir, base, small.records, env)
+    serve_sqlite = serve_rate(os.path.join(base, "serve.db"), small.dir, base, small.records, env)
 
     sink, raw, keyed = statistics.median(sink_rates), statistics.median(raw_rates), statistics.median(keyed_rates)
     ratio = raw / sink
@@ -185,30 +154,21 @@ def _run(scale: Scale, base: str, log: Any, pg: Any) -> str:
         ("the same, into a table with the sink's (writer, seq) primary key", f"{keyed:,.0f}", f"{raw / keyed:.2f}",
          "what the key alone costs"),
         ("Sender -> PostgreSQL sink (fence + COPY, one commit per batch)", f"{sink:,.0f}", f"{ratio:.2f}",
-         f"within {TARGET_RATIO}x of the raw limit: {'met' if ratio <= TARGET_RATIO else 'NOT met'}; "
-         f">= {TARGET_RATE:,}/s: {'met' if sink >= TARGET_RATE else 'NOT met'}"),
+         f"within {TARGET_RATIO}x of the raw limit: {verdict(ratio <= TARGET_RATIO)}; "
+         f">= {TARGET_RATE:,}/s: {verdict(sink >= TARGET_RATE)}"),
         ("Sender -> `distwal serve --db FILE.db` (SQLite)", f"{serve_sqlite:,.0f}", "", ""),
         ("Sender -> `distwal serve --db postgresql://...`", f"{serve_pg:,.0f}", "",
          f"{serve_pg / serve_sqlite:.2f}x SQLite serve"),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    head = ("case", "records/s", "raw/sink", "note")
-    widths = [max(w, len(h)) for w, h in zip(widths, head)]
-    print()
-    for r in (head, *rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    md = [f"{backlog.records:,} records ({scale.writers} writers, 109-byte records) drained by the Sender in "
-          f"batches of {BATCH_RECORDS:,}, median of {scale.reps} interleaved repetition(s); PostgreSQL "
-          f"{pg.sql('SHOW server_version')[0][0]} on 127.0.0.1, fsync on; `serve` cases: {small.records:,} records.",
-          "", "| case | records/s | raw limit / case | note |", "|---|---:|---:|---|"]
-    md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    md.append("")
-    md.append("Per repetition (sink / raw / keyed): " + ", ".join(
+    report = Report()
+    report.text(f"{backlog.records:,} records ({scale.writers} writers, 109-byte records) drained by the Sender in "
+                f"batches of {BATCH_RECORDS:,}, median of {scale.reps} interleaved repetition(s); PostgreSQL "
+                f"{pg.sql('SHOW server_version')[0][0]} on 127.0.0.1, fsync on; `serve` cases: {small.records:,} "
+                "records.")
+    report.table(["case", "records/s", "raw limit / case", "note"], rows, align="lrrl")
+    report.text("Per repetition (sink / raw / keyed): " + ", ".join(
         f"{s:,.0f} / {r:,.0f} / {k:,.0f}" for s, r, k in zip(sink_rates, raw_rates, keyed_rates)))
     print(json.dumps({"sink": sink_rates, "raw": raw_rates, "keyed": keyed_rates, "serve_pg": serve_pg, "serve_sqlite": serve_sqlite}),
           file=sys.stderr)
-    return "\n".join(md) + "\n"
+    return report.markdown()
 
-
-if __name__ == "__main__":
-    main("--short" in sys.argv[1:])

@@ -8,7 +8,8 @@
 
 A benchmark is any module benchmarks/<name>.py (not starting with "_", not this file) that
 defines `main(short: bool) -> str`: it prints its own table as it goes and returns it as
-markdown. Each one's markdown is also written to benchmarks/.out/<name>.md (git-ignored).
+markdown (benchmarks/_report.py makes both). Benchmarks run only through this file, which puts
+benchmarks/ and tests/ (for tests/helpers) on their import path. Each one's markdown is also written to benchmarks/.out/<name>.md (git-ignored).
 A benchmark that raises is reported and makes the exit code 1, after the others have run.
 """
 
@@ -25,6 +26,7 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.join(os.path.dirname(HERE), "tests")  # tests/helpers: the children, servers and fixtures
 README = os.path.join(HERE, "README.md")
 OUT = os.path.join(HERE, ".out")
 START = "<!-- results:start (written by benchmarks/run.py; edits inside are overwritten) -->"
@@ -151,7 +153,11 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     args = parser.parse_args()
 
-    sys.path.insert(0, HERE)
+    # The one place benchmarks get their imports: benchmarks/ (_report, the child roles) and
+    # tests/ (`helpers`). Children get tests/ through PYTHONPATH (a child script finds its
+    # neighbours in benchmarks/ by itself; on PYTHONPATH, benchmarks/mlflow.py would hide mlflow).
+    sys.path[:0] = [HERE, TESTS]
+    os.environ["PYTHONPATH"] = os.pathsep.join([TESTS, *filter(None, [os.environ.get("PYTHONPATH")])])
     available = discover()
     names = args.names or available
     unknown = [n for n in names if n not in available]

@@ -18,6 +18,8 @@ import signal
 from typing import Iterator
 
 import pytest
+from helpers.procs import pick_seed
+from helpers.timings import Timings, timings_for
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -72,6 +74,18 @@ def _finish_writers_and_restore_environ() -> Iterator[None]:
 
 
 @pytest.fixture
+def seed() -> int:
+    """A random seed, printed; DISTWAL_TEST_SEED=<n> (set when pytest starts) replays one."""
+    return pick_seed()
+
+
+@pytest.fixture
+def timings(request: pytest.FixtureRequest) -> Timings:
+    """Where a test records a duration it measures anyway (helpers/timings.py; benchmarks/ship.py reads them)."""
+    return timings_for(request.node.nodeid)
+
+
+@pytest.fixture
 def umask() -> Iterator[object]:
     """Call umask(mask) inside a test; the original umask is restored afterwards."""
     original = os.umask(0o022)
@@ -89,9 +103,6 @@ def umask() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[object]:
     """A real PostgreSQL server (Debian's initdb/pg_ctl) shared by the session: helpers/postgres.py."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from helpers.postgres import running_server
 
     yield from running_server()
@@ -100,10 +111,6 @@ def postgres_server() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real `mlflow server` (PyPI mlflow in .venv-mlflow, SQLite store, 127.0.0.1), one per session."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: makes `helpers` importable
     from helpers.mlflow_server import MlflowServer, MlflowUnavailable, ensure_mlflow_venv
 
     try:

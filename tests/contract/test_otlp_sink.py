@@ -10,26 +10,22 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from helpers.otlp import OTLPReceiver, Reply, python_value  # first: skips without opentelemetry-proto
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
-
-from helpers.otlp import OTLPReceiver, Reply, python_value  # noqa: E402 - skips without opentelemetry-proto
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest  # noqa: E402
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList  # noqa: E402
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord  # noqa: E402
-
-from distwal._config import Config  # noqa: E402
-from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable  # noqa: E402
-from distwal._envelope import envelope_prefix  # noqa: E402
-from distwal.sinks import Batch, Chunk  # noqa: E402
-from distwal.sinks.otlp import OTLPSink, encode_request, endpoint_of  # noqa: E402
+from distwal._config import Config
+from distwal._envelope import envelope_prefix
+from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
+from distwal.sinks import Batch, Chunk
+from distwal.sinks.otlp import OTLPSink, encode_request, endpoint_of
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,22 +7,17 @@ The generic contract (a batch stored, duplicates, stale epochs) is in test_sinks
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from helpers.postgres import fresh_table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
-
-from helpers.postgres import fresh_table  # noqa: E402
-
-from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkUnavailable, StaleEpoch  # noqa: E402
-from distwal._envelope import envelope_prefix  # noqa: E402
-from distwal.sinks import Batch, Chunk, sink_from_url  # noqa: E402
-from distwal.sinks.postgres import RAW_KEY, PostgresSink, split_url  # noqa: E402
+from distwal._envelope import envelope_prefix
+from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkUnavailable, StaleEpoch
+from distwal.sinks import Batch, Chunk, sink_from_url
+from distwal.sinks.postgres import RAW_KEY, PostgresSink, split_url
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
 

@@ -8,22 +8,17 @@ check (MockSink, and any third-party sink) passes.
 from __future__ import annotations
 
 import socket
-import sys
-from pathlib import Path
 from typing import Iterator
 
 import pytest
+from helpers.cluster import Fault, FaultServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
-
-from helpers.cluster import Fault, FaultServer  # noqa: E402
-
-from distwal._exceptions import SinkPaused, SinkUnavailable  # noqa: E402
-from distwal._preflight import check_sink  # noqa: E402
-from distwal.sinks import MockSink  # noqa: E402
-from distwal.sinks.http import HTTPSink  # noqa: E402
-from distwal.sinks.jsonl import JSONLSink  # noqa: E402
-from distwal.sinks.sqlite import SQLiteSink  # noqa: E402
+from distwal._exceptions import SinkPaused, SinkUnavailable
+from distwal._preflight import check_sink
+from distwal.sinks import MockSink
+from distwal.sinks.http import HTTPSink
+from distwal.sinks.jsonl import JSONLSink
+from distwal.sinks.sqlite import SQLiteSink
 
 pytestmark = pytest.mark.timeout(60)
 

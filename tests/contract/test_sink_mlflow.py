@@ -17,20 +17,16 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 import pytest
+from helpers.mlflow_server import MlflowServer, tags, timeout_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
-
-from helpers.mlflow_server import MlflowServer, tags, timeout_for  # noqa: E402
-
-from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable  # noqa: E402
-from distwal._envelope import envelope_prefix  # noqa: E402
-from distwal.sinks import Batch, Chunk, sink_from_url  # noqa: E402
-from distwal.sinks.mlflow import MLflowSink, pack, parse_url, record_entries  # noqa: E402
+from distwal._envelope import envelope_prefix
+from distwal._exceptions import ConfigError, SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable
+from distwal.sinks import Batch, Chunk, sink_from_url
+from distwal.sinks.mlflow import MLflowSink, pack, parse_url, record_entries
 
 META = {"host": "node7", "pid": 4242, "rank": 3, "run": "job-1", "local_rank": 1, "attempt": 2}
 

@@ -7,20 +7,15 @@ sink that cannot be read back says so.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
-
-from distwal._envelope import envelope_prefix  # noqa: E402
-from distwal.sinks import Batch, Chunk, MockSink  # noqa: E402
-from distwal.sinks import sqlite as sqlite_sink  # noqa: E402
-from distwal.sinks.http import HTTPSink  # noqa: E402
-from distwal.sinks.jsonl import JSONLSink  # noqa: E402
-from distwal.sinks.sqlite import SQLiteSink  # noqa: E402
+from distwal._envelope import envelope_prefix
+from distwal.sinks import Batch, Chunk, MockSink
+from distwal.sinks import sqlite as sqlite_sink
+from distwal.sinks.http import HTTPSink
+from distwal.sinks.jsonl import JSONLSink
+from distwal.sinks.sqlite import SQLiteSink
 
 pytestmark = pytest.mark.timeout(60)
 

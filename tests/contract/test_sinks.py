@@ -21,17 +21,14 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import orjson
 import pytest
+from helpers.cluster import Fault, FaultServer, check_known_bug, serve_cli
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
-
-from helpers.cluster import Fault, FaultServer, check_known_bug, serve_cli  # noqa: E402
-
-from distwal._exceptions import (  # noqa: E402
+from distwal._envelope import envelope_prefix
+from distwal._exceptions import (
     SinkError,
     SinkPaused,
     SinkRejected,
@@ -39,11 +36,10 @@ from distwal._exceptions import (  # noqa: E402
     SinkUnavailable,
     StaleEpoch,
 )
-from distwal._envelope import envelope_prefix  # noqa: E402
-from distwal.sinks import Batch, Chunk, MockSink, Sink, sink_from_url  # noqa: E402
-from distwal.sinks.http import HTTPSink  # noqa: E402
-from distwal.sinks.jsonl import JSONLSink  # noqa: E402
-from distwal.sinks.sqlite import RecordStore, SQLiteSink  # noqa: E402
+from distwal.sinks import Batch, Chunk, MockSink, Sink, sink_from_url
+from distwal.sinks.http import HTTPSink
+from distwal.sinks.jsonl import JSONLSink
+from distwal.sinks.sqlite import RecordStore, SQLiteSink
 
 pytestmark = pytest.mark.timeout(60)
 

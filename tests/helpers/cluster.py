@@ -36,32 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import orjson
-import pytest
 
 from distwal._server import IngestServer, Reply
 
-from .procs import SEED_ENV, Child, child_env, spawn
+from .procs import Child, child_env, pick_seed, read_json, spawn
 
 LEASE_S = "2"  # seconds: short, so failovers in tests take about a second or two
-
-# Read at import (collection), before tests/conftest.py's autouse fixture scrubs every
-# DISTWAL_* variable: procs.pick_seed() runs after that scrub and never sees it.
-_SEED_FROM_ENV = os.environ.get(SEED_ENV, "").strip()
-
-
-def pick_seed() -> int:
-    """DISTWAL_TEST_SEED (as set when pytest started) to replay a run, else a fresh seed; printed."""
-    import random
-
-    seed = int(_SEED_FROM_ENV) if _SEED_FROM_ENV else random.SystemRandom().randrange(2**32)
-    print(f"seed={seed} (replay with {SEED_ENV}={seed})")
-    return seed
-
-
-@pytest.fixture
-def seed() -> int:
-    """A random seed, printed; DISTWAL_TEST_SEED=<n> replays it (import this fixture into a module)."""
-    return pick_seed()
 
 
 # -- waiting -----------------------------------------------------------------------------
@@ -429,14 +409,6 @@ def assert_ranks_acked_delivered_once(stored: dict[str, dict[int, Any]], ranks: 
 # -- the leader ------------------------------------------------------------------------------
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    try:
-        with open(path, "rb") as f:
-            return orjson.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def sender_pids(rank_pid: int) -> list[int]:
     """The sender subprocesses (`python -m distwal.leader`) a rank started."""
     import psutil
@@ -580,12 +552,14 @@ class KillSink:
 
 
 def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sink: KillSink, rng: Any,
-                                  context: str, lease_epochs: list[int] | None = None) -> list[Any]:
+                                  context: str, lease_epochs: list[int] | None = None,
+                                  kills: list[tuple[str, int, float]] | None = None) -> list[Any]:
     """Per mode (KILL_MODES), wait for a new leader shipping, let it ship a random amount, then
     SIGKILL its rank or its sender, at a random moment or, for commit_*, inside the sink's hook
     after a commit and before the reply (the ack never reaches the leader). A killed rank is
     replaced. Returns the requests committed whose leader was killed before the reply.
-    `lease_epochs` collects the leader.json epochs as sampled over time."""
+    `lease_epochs` collects the leader.json epochs as sampled over time; `kills` collects
+    (mode, epoch killed, time.time() just before the kill)."""
     committed_then_killed: list[Any] = []
     last_epoch = 0
     for round_, mode in enumerate(modes):
@@ -609,6 +583,7 @@ def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sin
         want = rng.randint(1, 150)
         wait_until(lambda base=base, want=want: sink.count() >= base + want, 30,
                    f"{want} more records {sink.noun} {where}")
+        killed_at: list[float] = []
         if mode.startswith("commit"):
             fired = threading.Event()
             victims = sender_pids(pid)
@@ -619,6 +594,7 @@ def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sin
                 # In the sink, after the commit, before the reply: the ack never reaches the leader.
                 if not sink.in_epoch(req, epoch) or fired.is_set():
                     return
+                killed_at.append(time.time())
                 for victim in victims:
                     kill_and_wait_gone(victim)
                 if mode == "commit_rank":
@@ -631,10 +607,13 @@ def kill_leaders_at_random_points(ranks: Ranks, modes: list[str], wal: Path, sin
             sink.set_hook(None)
         else:
             time.sleep(rng.uniform(0, 0.05))  # the random moment itself, not a wait for a condition
+            killed_at.append(time.time())
             if mode == "rank":
                 leader.child.kill(signal.SIGKILL)
             else:
                 kill_senders(pid, where)
+        if kills is not None:
+            kills.append((mode, epoch, killed_at[0]))
         if mode in ("rank", "commit_rank"):
             ranks.reap_killed(leader)
         print(f"round {round_}: {mode} killed the leader of epoch {epoch} (pid {pid}) "
@@ -722,7 +701,7 @@ def domain_of(wal_dir: str | os.PathLike[str]) -> str:
 
 
 __all__ = [
-    "pick_seed", "seed", "KnownBug", "check_known_bug", "Drop", "Fault", "FaultServer", "Path", "Request", "acks_of", "assert_acked_delivered_once", "assert_fenced",
+    "pick_seed", "KnownBug", "check_known_bug", "Drop", "Fault", "FaultServer", "Path", "Request", "acks_of", "assert_acked_delivered_once", "assert_fenced",
     "cluster_env", "domain_of", "expected_record", "files_named", "has_poison", "kill_and_wait_gone", "read_json",
     "run_cli", "sender_pids", "seqs_on_disk", "start_writer", "wait_until", "writer_args", "writer_id_of",
     "KILL_MODES", "KillSink", "Rank", "Ranks", "drain_ok", "kill_leaders_at_random_points", "kill_senders",

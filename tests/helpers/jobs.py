@@ -236,14 +236,6 @@ def assert_acked_in_sink_once(
             assert last <= n <= last + 1, f"{writer}: last ack {last}, the sink holds 1..{n} {context}"
 
 
-def read_json_file(path: str | os.PathLike[str]) -> Any:
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 __all__ = [
     "ACK_PRELUDE",
     "COLUMNS",
@@ -256,7 +248,6 @@ __all__ = [
     "kill_marked",
     "marked_pids",
     "parse_acks",
-    "read_json_file",
     "run_cli_child",
     "run_job",
     "run_python",

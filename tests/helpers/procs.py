@@ -108,6 +108,7 @@ class Child:
         self.script_path = script_path
         self.killed_at: float | None = None  # time.time() just before the kill signal
         self._lines: list[Line] = []
+        self._taken = 0  # lines next_json() has returned
         self._stderr: list[bytes] = []
         self._cond = threading.Condition()
         self._eof = False
@@ -185,6 +186,23 @@ class Child:
                     raise ChildFailed(f"no {name} within {timeout} s\n{self.describe()}")
                 self._cond.wait(min(remaining, 0.05))
 
+    def next_json(self, timeout: float = 20.0) -> dict[str, Any]:
+        """The next line not yet taken, as JSON (a child that answers requests line by line)."""
+        line = self.wait_for(lambda: self._lines[self._taken] if len(self._lines) > self._taken else None, timeout)
+        self._taken += 1
+        value = json.loads(line.text) if line.text.startswith("{") else {"text": line.text}
+        return value  # type: ignore[no-any-return]
+
+    def send(self, text: str) -> None:
+        """One line to the child's stdin (started with stdin=True)."""
+        assert self.popen.stdin is not None, "started without stdin"
+        self.popen.stdin.write(text.rstrip("\n").encode() + b"\n")
+        self.popen.stdin.flush()
+
+    def close_stdin(self) -> None:
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            self.popen.stdin.close()
+
     def wait(self, timeout: float = 20.0) -> int:
         """Wait for the child to exit and its stdout to reach EOF; return its returncode."""
         try:
@@ -224,7 +242,7 @@ class Child:
             pass
         self._out.join(5)  # the group is dead, so the readers reach EOF at once
         self._err.join(5)
-        for stream in (self.popen.stdout, self.popen.stderr):
+        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
             if stream is not None:
                 stream.close()
 
@@ -244,23 +262,41 @@ def spawn(
     """
     path = Path(workdir) / name
     path.write_text(PRELUDE + textwrap.dedent(script))
-    popen = subprocess.Popen(
-        [sys.executable, str(path), *args],
-        cwd=os.fspath(workdir),
-        env=child_env() if env is None else env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: reap() kills grandchildren too
-    )
-    child = Child(popen, path)
+    child = start([sys.executable, str(path), *args], env=env, cwd=workdir)
     try:
         yield child
     finally:
         child.reap()
 
 
+def start(argv: list[str], env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+          stdin: bool = False) -> Child:
+    """Start a command line in its own session (reap() kills its whole group); stdin=True to send() it lines.
+
+    The caller reaps it; spawn() is the form that always does.
+    """
+    popen = subprocess.Popen(
+        argv,
+        cwd=None if cwd is None else os.fspath(cwd),
+        env=child_env() if env is None else env,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: reap() kills grandchildren too
+    )
+    return Child(popen, Path(argv[1] if len(argv) > 1 else argv[0]))
+
+
 # -- reading a directory back -------------------------------------------------------------
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's value, or None while it is missing or half written (the writer replaces it atomically)."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 @dataclass

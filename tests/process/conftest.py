@@ -1,21 +1,10 @@
-"""Shared fixtures of the real-process tests: the seed and a fresh WAL directory."""
+"""Shared fixture of the real-process tests: a fresh WAL directory (the seed is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
-
-from helpers.procs import pick_seed  # noqa: E402
-
-
-@pytest.fixture
-def seed() -> int:
-    """A random seed, printed; DISTWAL_TEST_SEED=<n> replays one."""
-    return pick_seed()
 
 
 @pytest.fixture

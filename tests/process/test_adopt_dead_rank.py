@@ -17,7 +17,7 @@ import time
 from contextlib import ExitStack
 
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     Fault,
     FaultServer,
     acks_of,
@@ -26,18 +26,18 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     cluster_env,
     files_named,
     read_json,
-    seed,
     start_writer,
     wait_until,
     writer_id_of,
 )
+from helpers.hosts import wait_moved_from_writers
 
 import distwal
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
 
-def test_sigkilled_ranks_are_adopted_delivered_and_removed(tmp_path, seed):
+def test_sigkilled_ranks_are_adopted_delivered_and_removed(tmp_path, seed, timings):
     rng = random.Random(seed)
     wal, stop = tmp_path / "wal", tmp_path / "stop"
     held = {"on": False}
@@ -91,6 +91,13 @@ def test_sigkilled_ranks_are_adopted_delivered_and_removed(tmp_path, seed):
                        and ((wal / "adopted" / ids[tag]).is_dir() or (wal / "history" / f"{ids[tag]}.json").exists())
                        for tag in ids)
 
+        # Adoption time (kill -> out of writers/) of the victims still there now: for those, the
+        # poll below sees the move when it happens.
+        killed = {ids[tag]: child.killed_at for tag, child, _ in victims}
+        watched = {writer_id for writer_id in killed if (wal / "writers" / writer_id).is_dir()}
+        moved = wait_moved_from_writers(wal, killed, 30, f"every victim to be adopted {context}")
+        for writer_id in watched:
+            timings.record("adoption", moved[writer_id][0], host="same")
         wait_until(adopted_all, 30, f"every victim to be adopted {context}",
                    lambda: f"writers/ {os.listdir(wal / 'writers')} adopted/ {os.listdir(wal / 'adopted')}")
         for tag in pending:

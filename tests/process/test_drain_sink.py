@@ -17,14 +17,13 @@ import signal
 import time
 
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     FaultServer,
     acks_of,
     assert_acked_delivered_once,
     cluster_env,
     read_json,
     run_cli,
-    seed,
     start_writer,
     wait_until,
     writer_id_of,

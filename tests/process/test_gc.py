@@ -16,7 +16,7 @@ import random
 import signal
 
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     Fault,
     FaultServer,
     acks_of,
@@ -24,7 +24,6 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     cluster_env,
     has_poison,
     run_cli,
-    seed,
     start_writer,
     writer_id_of,
 )

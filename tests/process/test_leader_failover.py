@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack
 
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     Fault,
     FaultServer,
     KillSink,
@@ -32,17 +32,17 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     random_kill_modes,
     read_json,
     run_cli,
-    seed,
     sender_pids,
     start_writer,
     wait_until,
     writer_id_of,
 )
+from helpers.timings import first_stored
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(150)]
 
 
-def test_leader_sigkilled_at_random_points_every_acked_record_delivered_once(tmp_path, seed):
+def test_leader_sigkilled_at_random_points_every_acked_record_delivered_once(tmp_path, seed, timings):
     rng = random.Random(seed)
     modes = random_kill_modes(rng, rounds=6)
     context = f"(seed={seed}, modes={modes})"
@@ -62,7 +62,15 @@ def test_leader_sigkilled_at_random_points_every_acked_record_delivered_once(tmp
             count=server.count, set_hook=set_hook, in_epoch=lambda req, epoch: req.epoch == epoch,
             describe=lambda: f"leader.json {read_json(wal / 'leader.json')}; requests {server.requests()[-5:]}")
         lease_epochs: list[int] = []  # leader.json epochs as sampled over time
-        committed_then_killed = kill_leaders_at_random_points(ranks, modes, wal, sink, rng, context, lease_epochs)
+        kills: list[tuple[str, int, float]] = []
+        committed_then_killed = kill_leaders_at_random_points(ranks, modes, wal, sink, rng, context, lease_epochs,
+                                                              kills)
+        # Failover: from the kill to the first batch a later epoch had stored. Not after the last
+        # kill: the next round's wait for a new leader shipping is what makes the time meaningful.
+        for mode, epoch, killed_at in kills[:-1]:
+            stored_at = first_stored(server.requests(), lambda r, old=epoch: r.epoch > old)
+            if stored_at is not None:
+                timings.record("failover", stored_at - killed_at, mode=mode)
 
         # Let the survivors finish, then deliver whatever is left (e.g. a just-killed rank).
         ranks.finish(stop, 60)

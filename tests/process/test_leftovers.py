@@ -16,9 +16,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     FaultServer,
-    KnownBug,
     acks_of,
     assert_acked_delivered_once,
     check_known_bug,
@@ -27,7 +26,6 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     pick_seed,
     read_json,
     run_cli,
-    seed,
     seqs_on_disk,
     start_writer,
     wait_until,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from helpers.cluster import (  # the `seed` fixture comes from tests/process/conftest.py
+from helpers.cluster import (
     Ranks,
     cluster_env,
     drain_ok,

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 
 import orjson
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     KillSink,
     Rank,
     Ranks,

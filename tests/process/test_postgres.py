@@ -18,7 +18,7 @@ import pytest
 from helpers.cluster import FaultServer, run_cli, serve_cli
 from helpers.jobs import write_script
 from helpers.postgres import fresh_table
-from helpers.procs import child_env
+from helpers.procs import child_env, read_json
 
 from distwal._exceptions import StaleEpoch
 from distwal._envelope import envelope_prefix
@@ -107,7 +107,7 @@ def test_no_secret_reaches_any_file_of_the_directory_status_or_logs(tmp_path, po
         status_cli = run_cli(["status", str(wal), "--json"], child_env(wal))
     delivered = "delivered True" in done.stdout
     assert delivered == (not how.endswith("wrong-password")), done.stdout + done.stderr[-3000:]
-    recorded = json.loads((wal / "sink.json").read_text())["sink"]
+    recorded = read_json(wal / "sink.json")["sink"]
     if public is not None:
         assert recorded == public
     leaks = files_holding(wal, secrets)

@@ -24,11 +24,11 @@ from helpers.jobs import (
     assert_acked_in_sink_once,
     by_writer,
     job_env,
-    read_json_file,
     run_job,
     sink_rows,
     write_script,
 )
+from helpers.procs import read_json
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
 
@@ -99,7 +99,7 @@ def test_run_pool_job_delivers_every_acked_record_once_and_returns_cmd_exit_code
     finished = set(acks) - ({parent} if exit_mode == "kill" else set())
     assert_acked_in_sink_once(rows, acks, finished=finished, context=context)
     assert {row.run for row in rows} == {run_id}, f"run ids in the sink {({r.run for r in rows})} {context}"
-    lead = read_json_file(wal_dir / "leader.json")
+    lead = read_json(wal_dir / "leader.json")
     assert lead is not None and lead["kind"] == "sidecar" and lead["epoch"] == 1, (
         f"the sidecar should have led alone: {lead} {context}"
     )
@@ -300,18 +300,18 @@ def test_sidecar_sigkilled_mid_job_a_rank_takes_over_and_nothing_acked_is_lost(t
         job.wait_for(lambda: len(job.lines_with("ready")) == 2, timeout=30)
         ranks = {line.parts[2]: line.parts[1] for line in job.lines_with("ready")}
         job.wait_for(lambda: len(job.acks()) == 2 and min(len(a) for a in job.acks().values()) >= before, timeout=30)
-        lead = read_json_file(wal_dir / "leader.json")
+        lead = read_json(wal_dir / "leader.json")
         assert lead["kind"] == "sidecar" and lead["pid"] == job.pid, f"the sidecar should lead: {lead} {context}"
         job.kill(signal.SIGKILL)
         assert job.popen.wait(10) == -signal.SIGKILL  # reaped at once, as a shell or srun would
         counts_at_kill = {w: max(a) for w, a in job.acks().items()}
 
         def rank_leads():
-            now = read_json_file(wal_dir / "leader.json") or {}
+            now = read_json(wal_dir / "leader.json") or {}
             return now if now.get("epoch", 0) > lead["epoch"] and not now.get("released") else None
 
         new = wait_until(rank_leads, 30, "a rank to take over leadership",
-                         lambda: f"{read_json_file(wal_dir / 'leader.json')} {context}")
+                         lambda: f"{read_json(wal_dir / 'leader.json')} {context}")
         assert new["kind"] == "rank" and new["owner"] in ranks, f"new leader {new}, ranks {ranks} {context}"
 
         def continued_and_shipped() -> bool:

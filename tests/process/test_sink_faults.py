@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     Fault,
     FaultServer,
     KnownBug,
@@ -30,7 +30,6 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     pick_seed,
     read_json,
     run_cli,
-    seed,
     start_writer,
     wait_until,
     writer_id_of,

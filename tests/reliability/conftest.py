@@ -11,17 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: makes `helpers` importable
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reliability/: makes `hostile` importable
-
-from helpers.procs import hermetic_environ  # noqa: E402
+from helpers.procs import hermetic_environ
 
 BINDFS_INSTALL = "apt-get install -y bindfs"
 

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: `helpers`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for `helpers` when run as a script (pytest has it)
 
 from helpers.cluster import (  # noqa: E402
     Fault,

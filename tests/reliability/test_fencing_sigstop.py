@@ -34,7 +34,7 @@ from typing import Iterator
 
 import psutil
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     LEASE_S,
     Fault,
     FaultServer,
@@ -44,7 +44,6 @@ from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
     cluster_env,
     read_json,
     run_cli,
-    seed,
     sender_pids,
     start_writer,
     wait_until,

@@ -31,14 +31,13 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers.cluster import (  # noqa: F401 - `seed` is a fixture
+from helpers.cluster import (
     LEASE_S,
     FaultServer,
     acks_of,
     assert_acked_delivered_once,
     cluster_env,
     read_json,
-    seed,
     start_writer,
     wait_until,
     writer_id_of,
@@ -52,6 +51,7 @@ from helpers.hosts import (
     where_is,
 )
 from helpers.procs import Child
+from helpers.timings import first_stored
 
 from distwal._config import DEFAULT_HEARTBEAT_INTERVAL
 from distwal.leader.roster import LIVENESS_EVERY
@@ -188,7 +188,7 @@ def test_live_writer_on_another_host_is_never_adopted_while_its_heartbeat_moves(
 # -- 2. a dead host -------------------------------------------------------------------------------
 
 
-def test_dead_hosts_writers_are_adopted_after_the_lease_and_delivered_exactly_once(tmp_path, seed):
+def test_dead_hosts_writers_are_adopted_after_the_lease_and_delivered_exactly_once(tmp_path, seed, timings):
     rng = random.Random(seed)
     wal, stop_lead = tmp_path / "wal", tmp_path / "stop_lead"
     targets = [rng.randint(1, 300) for _ in range(2)]
@@ -220,6 +220,11 @@ def test_dead_hosts_writers_are_adopted_after_the_lease_and_delivered_exactly_on
         acked = acked_so_far({w: c for w, (_, c) in victims.items()})
         wait_until(lambda: all_stored(server, acked), 30,
                    f"the dead host's acknowledged records in the sink {context}")
+        for writer_id, (delay, _where) in moved.items():
+            key = (writer_id, max(acked[writer_id], default=0))
+            stored_at = first_stored(server.requests(), lambda r, key=key: key in r.keys)
+            stored = None if stored_at is None else max(stored_at - killed_at, 0.0)  # 0: shipped before the kill
+            timings.record("adoption", delay, host="other", lease=LEASE, stored=stored)
         # An adopted folder is read for twice the lease (it might be a slow writer), then removed.
         wait_until(lambda: all(where_is(wal, w) == "history" for w in victims), 2 * LEASE + 10,
                    f"adopted folders removed, tombstones left {context}")

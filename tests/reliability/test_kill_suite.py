@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers.procs import pick_seed  # noqa: E402
+from helpers.procs import pick_seed
 from killsuite import run_round  # tests/reliability is on sys.path (no __init__.py); it adds tests/
 
 pytestmark = [pytest.mark.process, pytest.mark.reliability, pytest.mark.timeout(300)]
