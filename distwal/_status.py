@@ -18,12 +18,12 @@ from typing import Any
 
 from . import _files, _layout
 from ._config import _redact
+from ._cursor import Position, read_cursors
 from ._ends import LOST_DETAIL, first_failure, folder_last_sign, make_end, recorded_end, writer_end
 from ._folder import WriterFiles, list_folders
 from ._layout import ADOPTED, DEADLETTERS, HISTORY, QUARANTINE, SENDER, Identity
 from ._marks import Heartbeat, Lease, Meta, Tombstone
 from ._segment import last_seq_on_disk
-from ._cursor import Position, read_cursors
 from .leader.election import node_local_locks, read_lease, recorded_sink
 from .leader.liveness import probe_process
 

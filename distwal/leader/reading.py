@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 from .. import _files, _layout
+from .._cursor import Position
 from .._folder import NextSegment, WriterFiles, read_blocks
 from .._layout import Modes
 from .._marks import Finish, Heartbeat, Meta
 from .._segment import Block, Damage
-from .._cursor import Position
 
 logger = logging.getLogger("distwal")
 

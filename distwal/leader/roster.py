@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any, Callable, Mapping
 
 from .. import _files, _layout
+from .._cursor import Position, read_cursors, write_cursors
 from .._ends import last_sign_of_life, writer_end
 from .._exceptions import SinkError
 from .._folder import load_writer
@@ -27,7 +28,6 @@ from .._layout import ADOPTED, HISTORY, Modes
 from .._marks import Finish, Tombstone
 from .._segment import last_seq_on_disk
 from ..sinks import Sink
-from .._cursor import Position, read_cursors, write_cursors
 from .election import LeaseKeeper, LostLeadership
 from .health import Health
 from .liveness import LivenessJudge

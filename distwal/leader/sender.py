@@ -20,10 +20,10 @@ from typing import Callable, Mapping
 import orjson
 
 from .. import _files, _layout
+from .._cursor import Position
 from .._exceptions import SinkPaused, SinkRejected, SinkTooLarge, SinkUnavailable, StaleEpoch
 from .._layout import DEADLETTERS, QUARANTINE, SENDER, Modes
 from ..sinks import Batch, Chunk, Sink
-from .._cursor import Position
 from .election import LeaseKeeper, LostLeadership
 from .health import Health
 from .liveness import LivenessJudge

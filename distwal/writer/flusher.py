@@ -20,9 +20,9 @@ from array import array
 from typing import Any, Callable
 
 from .._config import Config
+from .._cursor import read_cursors
 from .._record import Sealed, timestamps_bytes
 from .._signals import start_background_thread
-from .._cursor import read_cursors
 from .folder import Folder
 
 logger = logging.getLogger("distwal")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 import orjson
 
 from .._config import Config
+from .._cursor import Position, read_cursors
 from .._ends import end_in_flight, make_end
 from .._exceptions import ClosedError, FullError
 from .._hooks import hooks
@@ -25,12 +26,10 @@ from .._layout import Identity, Modes
 from .._marks import Meta
 from .._record import BLOCK_BYTES
 from .._segment import SegmentWriter
-from .._cursor import Position, read_cursors
 from ..leader.election import LeaseWatch
 from .flusher import Block, Flusher
 from .folder import Folder
 from .values import OPTS, default, keep_non_finite
-
 
 _LOCK_PROBE = 0.05  # seconds: a buffer lock held longer than this is held by the interrupted thread
 

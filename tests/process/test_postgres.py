@@ -20,8 +20,8 @@ from helpers.jobs import write_script
 from helpers.postgres import fresh_table
 from helpers.procs import child_env, read_json
 
-from distwal._exceptions import StaleEpoch
 from distwal._envelope import envelope_prefix
+from distwal._exceptions import StaleEpoch
 from distwal.sinks import Batch, Chunk
 from distwal.sinks.http import HTTPSink
 from distwal.sinks.postgres import RAW_KEY

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from distwal._layout import Modes
 from distwal._cursor import CURSORS, Position, read_cursors, write_cursors
+from distwal._layout import Modes
 
 MODES = Modes.for_config(False)
 

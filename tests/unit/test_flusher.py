@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from distwal._config import Config
+from distwal._cursor import Position, write_cursors
 from distwal._layout import Modes
 from distwal._record import HEADER, HEADER_SIZE
-from distwal._cursor import Position, write_cursors
 from distwal.writer.flusher import HEADROOM, Block, Flusher
 
 # Every record: 4,000 bytes, plus 8 bytes of timestamp in its block. Large enough that a few

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 
 import distwal
 from distwal import _files
+from distwal._cursor import Position
 from distwal._envelope import ENVELOPE_KEYS, envelope_prefix, envelopes
 from distwal._folder import NextSegment, WriterFiles, iter_envelopes, iter_items, list_writers, read_blocks
 from distwal._layout import Modes, format_quarantine_name, format_segment_name
 from distwal._marks import Meta
 from distwal._segment import Block, Damage
-from distwal._cursor import Position
 from distwal.leader.reading import FolderReader, Tracked
 from distwal.sinks import Batch, Chunk
 
@@ -110,59 +110,52 @@ def _tracked(files: WriterFiles, pos: Position) -> Tracked:
     return Tracked(files, _files.open_dir(files.path), pos, parent="writers")
 
 
-def _reader(tmp_path: Path) -> tuple[FolderReader, int]:
+@pytest.fixture
+def reader(tmp_path: Path) -> Iterator[FolderReader]:
+    """The leader's reader, quarantining into tmp_path/quarantine."""
     quarantine = tmp_path / "quarantine"
     quarantine.mkdir()
     fd = _files.open_dir(str(quarantine))
-    return FolderReader(fd, PRIVATE, lease_s=5.0, clock=lambda: 0.0), fd
+    yield FolderReader(fd, PRIVATE, lease_s=5.0, clock=lambda: 0.0)
+    os.close(fd)
 
 
-def _drive(reader: FolderReader, t: Tracked) -> list[Any]:
-    """What the sender does: record each position before taking the next item."""
+def _drive(reader: FolderReader, files: WriterFiles, pos: Position) -> list[Any]:
+    """What the sender does with a writer at `pos`: record each position before taking the next item."""
+    t = _tracked(files, pos)
     out = []
-    for item in reader.items(t):
-        if isinstance(item, Position):
-            t.pos = item
-        out.append(item)
+    try:
+        for item in reader.items(t):
+            if isinstance(item, Position):
+                t.pos = item
+            out.append(item)
+    finally:
+        t.close()
     return out
 
 
 def test_the_leader_reader_moves_the_cursor_off_a_missing_segment_by_yielding_it(
-    written: WriterFiles, tmp_path: Path
+    written: WriterFiles, reader: FolderReader
 ) -> None:
     os.unlink(os.path.join(written.path, format_segment_name(0)))  # acknowledged and unlinked
-    reader, qfd = _reader(tmp_path)
-    t = _tracked(written, Position())
-    try:
-        items = _drive(reader, t)
-    finally:
-        t.close()
-        os.close(qfd)
+    items = _drive(reader, written, Position())
     assert items[0] == Position(segment=1, offset=0)
     assert [i for i in items if isinstance(i, Position)] == [Position(segment=1, offset=0)]
     assert isinstance(items[1], Block) and items[1].segment == 1
 
 
 def test_the_leader_reader_moves_onto_the_next_segment_once_a_sealed_one_is_acknowledged(
-    written: WriterFiles, tmp_path: Path
+    written: WriterFiles, reader: FolderReader
 ) -> None:
     size = os.path.getsize(os.path.join(written.path, format_segment_name(0)))
-    reader, qfd = _reader(tmp_path)
-    acked = _tracked(written, Position(seq=3, segment=0, offset=size))
-    not_acked = _tracked(written, Position(seq=0, segment=0, offset=0))
-    try:
-        moved = [i for i in _drive(reader, acked) if isinstance(i, Position)]
-        stayed = [i for i in _drive(reader, not_acked) if isinstance(i, Position)]
-    finally:
-        acked.close()
-        not_acked.close()
-        os.close(qfd)
+    moved = [i for i in _drive(reader, written, Position(seq=3, segment=0, offset=size)) if isinstance(i, Position)]
+    stayed = [i for i in _drive(reader, written, Position(seq=0, segment=0, offset=0)) if isinstance(i, Position)]
     assert moved[0] == Position(seq=3, segment=1, offset=0)
     assert stayed == [], "the cursor moves on acknowledgement only"
 
 
 def test_the_leader_reader_quarantines_a_corrupt_span_and_yields_the_cursor_past_it(
-    written: WriterFiles, tmp_path: Path
+    written: WriterFiles, reader: FolderReader, tmp_path: Path
 ) -> None:
     path = os.path.join(written.path, format_segment_name(0))
     data = bytearray(open(path, "rb").read())
@@ -171,13 +164,7 @@ def test_the_leader_reader_quarantines_a_corrupt_span_and_yields_the_cursor_past
     data[blocks[0].offset + 30] ^= 0xFF  # the first block's body: its checksum fails
     with open(path, "wb") as f:
         f.write(data)
-    reader, qfd = _reader(tmp_path)
-    t = _tracked(written, Position())
-    try:
-        items = _drive(reader, t)
-    finally:
-        t.close()
-        os.close(qfd)
+    items = _drive(reader, written, Position())
     assert items[0] == Position(segment=0, offset=blocks[1].offset)
     assert isinstance(items[1], Block) and items[1].offset == blocks[1].offset
     copy = tmp_path / "quarantine" / format_quarantine_name(written.id, 0, 0)
@@ -186,20 +173,14 @@ def test_the_leader_reader_quarantines_a_corrupt_span_and_yields_the_cursor_past
 
 
 def test_the_leader_reader_waits_on_damage_above_a_live_writers_durable_watermark(
-    written: WriterFiles, tmp_path: Path
+    written: WriterFiles, reader: FolderReader, tmp_path: Path
 ) -> None:
     path = os.path.join(written.path, format_segment_name(0))
     with open(path, "ab") as f:
         f.write(b"\0" * 64)  # a tail not written yet, as a reader on NFS may see it
     live = WriterFiles(written.id, written.path, written.meta, None, None)
     os.unlink(os.path.join(written.path, "heartbeat.json"))  # no watermark: everything is above it
-    reader, qfd = _reader(tmp_path)
-    t = _tracked(live, Position())
-    try:
-        items = _drive(reader, t)
-    finally:
-        t.close()
-        os.close(qfd)
+    items = _drive(reader, live, Position())
     assert not [i for i in items if isinstance(i, Position)]
     assert all(isinstance(i, Block) and i.segment == 0 for i in items), "it stops at the damage and waits"
     assert os.listdir(tmp_path / "quarantine") == []
