@@ -137,6 +137,14 @@ def test_a_commit_whose_reply_is_lost_is_SinkUnavailable_and_its_retry_stores_no
     outcome: list[BaseException | None] = []
     pg.admin("ALTER SYSTEM SET synchronous_standby_names = 'nobody'", "SELECT pg_reload_conf()")
     try:
+        # pg_reload_conf() only signals: the postmaster rereads the file, then signals every backend,
+        # and a backend applies it before its next command. Once a new connection sees the setting,
+        # the sink's backend has been signalled, so the batch below is committed under it.
+        deadline = time.monotonic() + 30
+        while pg.sql("SHOW synchronous_standby_names") != [("nobody",)]:
+            assert time.monotonic() < deadline, "the configuration was never reloaded"
+            time.sleep(0.02)
+
         def send() -> None:
             try:
                 sink.write(batch)
