@@ -29,11 +29,6 @@ import orjson
 WHO_KEYS = ("host", "pid", "rank", "run", "local_rank", "attempt")
 
 
-def int_field(value: Any) -> int:
-    """An integer field of a file another process wrote; 0 when it is not one."""
-    return value if type(value) is int else 0
-
-
 def on_disk(key: str, default: Any = None) -> Any:
     """A field stored under another key than its name (to keep the keys older directories hold)."""
     return field(default=default, metadata={"key": key})
